@@ -1,0 +1,1 @@
+"""The gateway: validates, authenticates, and talks to Temporal and the read model."""

@@ -1,0 +1,57 @@
+"""The gateway's composition root: ``create_app(settings)`` wires the engine, the Temporal client
+and the routes. Nothing connects at import time."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+
+from api.errors import install_error_handlers
+from api.middleware import RequestGuards
+from api.routes import carrier, catalog, health, orders
+from core.config import Settings
+from core.db.engine import create_engine
+from core.order_service import OrderService
+from core.temporal import connect_client
+
+DESCRIPTION = """
+Submit orders and follow them through stock, payment and shipping.
+
+* Authenticate with `Authorization: Bearer <JWT>` (`orders token --sub alice --role customer`).
+* `POST /v1/orders` needs an `Idempotency-Key` header; retries with the same key and body return
+  the same order (`Idempotent-Replayed: true`), a different body with the same key gets 422.
+  Keys are kept for 24 hours.
+* Money is in integer minor units of the currency (`1999` EUR = 19.99 EUR).
+* Errors are `application/problem+json` (RFC 9457) and carry the request id (`X-Request-ID`).
+"""
+
+
+def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client: Client | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        own_engine = engine is None
+        app.state.engine = engine or create_engine(settings)
+        # Lazy: the gateway starts (and /readyz says 503) while Temporal is still down.
+        app.state.temporal = client or await connect_client(settings, lazy=True)
+        app.state.service = OrderService(settings, app.state.engine, app.state.temporal)
+        try:
+            yield
+        finally:
+            if own_engine:
+                await app.state.engine.dispose()
+
+    app = FastAPI(
+        title="Orders API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for router in (orders.router, catalog.router, carrier.router, health.router):
+        app.include_router(router)
+    app.add_middleware(RequestGuards, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,105 @@
+"""RFC 9457 problem+json for every error; no stack trace or internal message ever reaches a caller."""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.db.read_model import InvalidCursor
+from core.domain import (
+    DependencyUnavailable,
+    IdempotencyKeyReused,
+    InvalidOrderState,
+    MixedCurrencies,
+    OrderNotFound,
+    UnknownSkus,
+)
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_BASE = "https://orders.example/problems/"
+PROBLEM_JSON = "application/problem+json"
+
+
+class ApiProblem(Exception):
+    def __init__(self, status: int, title: str, detail: str | None = None, *, slug: str | None = None, headers: dict | None = None, errors: list | None = None) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.slug = slug
+        self.headers = headers or {}
+        self.errors = errors
+
+
+def problem_response(request: Request, status: int, title: str, detail: str | None = None, *, slug: str | None = None, headers: dict | None = None, errors: list | None = None) -> JSONResponse:
+    body = {
+        "type": PROBLEM_BASE + slug if slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "request_id": getattr(request.state, "request_id", None),
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _validation_errors(error: RequestValidationError) -> list[dict]:
+    out = []
+    for item in error.errors():
+        out.append({"loc": [str(part) for part in item.get("loc", ())], "msg": item.get("msg", ""), "type": item.get("type", "")})
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiProblem)
+    async def _api_problem(request: Request, error: ApiProblem):
+        return problem_response(request, error.status, error.title, error.detail, slug=error.slug, headers=error.headers, errors=error.errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, error: RequestValidationError):
+        return problem_response(request, 422, "Invalid request", "the request did not validate; see errors", slug="validation", errors=_validation_errors(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException):
+        return problem_response(request, error.status_code, str(error.detail), headers=getattr(error, "headers", None))
+
+    @app.exception_handler(OrderNotFound)
+    async def _not_found(request: Request, error: OrderNotFound):
+        return problem_response(request, 404, "Not found", str(error), slug="not-found")
+
+    @app.exception_handler(InvalidOrderState)
+    async def _conflict(request: Request, error: InvalidOrderState):
+        return problem_response(request, 409, "Order state conflict", str(error), slug="invalid-order-state")
+
+    @app.exception_handler(UnknownSkus)
+    async def _unknown_sku(request: Request, error: UnknownSkus):
+        errors = [{"loc": ["body", "items", "sku"], "msg": f"unknown SKU {sku}", "type": "unknown_sku", "sku": sku} for sku in error.skus]
+        return problem_response(request, 422, "Unknown SKU", str(error), slug="unknown-sku", errors=errors)
+
+    @app.exception_handler(MixedCurrencies)
+    async def _currencies(request: Request, error: MixedCurrencies):
+        return problem_response(request, 422, "Mixed currencies", str(error), slug="mixed-currencies")
+
+    @app.exception_handler(IdempotencyKeyReused)
+    async def _key_reused(request: Request, error: IdempotencyKeyReused):
+        return problem_response(request, 422, "Idempotency-Key reused", str(error), slug="idempotency-key-reused")
+
+    @app.exception_handler(InvalidCursor)
+    async def _cursor(request: Request, error: InvalidCursor):
+        return problem_response(request, 422, "Invalid cursor", str(error), slug="invalid-cursor")
+
+    @app.exception_handler(DependencyUnavailable)
+    async def _unavailable(request: Request, error: DependencyUnavailable):
+        log.warning("dependency unavailable", dependency=error.dependency, cause=repr(error.__cause__))
+        return problem_response(request, 503, "Service unavailable", str(error), slug="unavailable", headers={"Retry-After": str(error.retry_after_s)})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception):
+        log.exception("unexpected error", path=request.url.path)
+        return problem_response(request, 500, "Internal error", "an unexpected error occurred; quote the request id when reporting it", slug="internal")

@@ -1,0 +1,95 @@
+"""Request id, body size and content-type guards, as plain ASGI middleware (no body buffering)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import structlog
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_METHODS_WITH_BODY = {b"POST", b"PUT", b"PATCH"}
+
+
+async def _send_problem(send, status: int, title: str, detail: str, request_id: str, path: str, slug: str) -> None:
+    body = json.dumps(
+        {
+            "type": f"https://orders.example/problems/{slug}",
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "instance": path,
+            "request_id": request_id,
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuards:
+    """Assigns X-Request-ID (accepting a well-formed one from the caller), rejects bodies over
+    ``max_body_bytes`` with 413 and non-JSON bodies with 415, before any route runs."""
+
+    def __init__(self, app, *, max_body_bytes: int, json_paths_prefix: str = "/v1/") -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.json_paths_prefix = json_paths_prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        offered = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        path = scope["path"]
+
+        if scope["method"].encode() in _METHODS_WITH_BODY and path.startswith(self.json_paths_prefix):
+            content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if content_type != b"application/json":
+                return await _send_problem(send, 415, "Unsupported media type", "send the body as application/json", request_id, path, "unsupported-media-type")
+            length = headers.get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+                return await _send_problem(send, 413, "Body too large", f"the body may be at most {self.max_body_bytes} bytes", request_id, path, "body-too-large")
+
+        received = 0
+        too_large = False
+
+        async def limited_receive():
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    too_large = True
+                    raise _BodyTooLarge()
+            return message
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except _BodyTooLarge:
+            await _send_problem(send, 413, "Body too large", f"the body may be at most {self.max_body_bytes} bytes", request_id, path, "body-too-large")
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+
+
+class _BodyTooLarge(Exception):
+    pass

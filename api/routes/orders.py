@@ -1,0 +1,116 @@
+"""Orders: submit, read, list, cancel, review, change the shipping address."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from api.deps import Customer, CustomerOrOperator, Operator, Service
+from api.errors import ApiProblem
+from api.schemas import CancelBody, OrderCreate, OrderList, Problem, ReviewBody
+from core.domain import Address, OrderStatus, OrderView
+from core.order_service import NewOrder
+
+router = APIRouter(prefix="/v1/orders", tags=["orders"])
+
+_KEY = re.compile(r'^"?([\x21-\x7e]{1,255}?)"?$')
+_PROBLEMS = {
+    401: {"model": Problem, "description": "Missing, malformed or expired token"},
+    403: {"model": Problem, "description": "Wrong role"},
+    404: {"model": Problem, "description": "No such order (or not yours)"},
+    503: {"model": Problem, "description": "Temporal or the database is unavailable; retry after Retry-After"},
+}
+
+
+def parse_idempotency_key(raw: str | None) -> str:
+    """Accept a bare token or the draft's quoted string form; 1-255 visible ASCII characters."""
+    if raw is None:
+        raise ApiProblem(400, "Idempotency-Key required", "send an Idempotency-Key header with a unique value per order", slug="idempotency-key-missing")
+    match = _KEY.match(raw.strip())
+    if not match or '"' in match.group(1):
+        raise ApiProblem(400, "Invalid Idempotency-Key", "the key must be 1-255 visible ASCII characters", slug="idempotency-key-invalid")
+    return match.group(1)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=OrderView,
+    summary="Submit an order",
+    responses={**_PROBLEMS, 400: {"model": Problem, "description": "Idempotency-Key missing or invalid"}, 422: {"model": Problem, "description": "Invalid body, unknown SKU, or key reused with another body"}},
+)
+async def submit_order(
+    body: OrderCreate,
+    caller: Customer,
+    service: Service,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="unique per order; retries reuse it")] = None,
+) -> OrderView:
+    key = parse_idempotency_key(idempotency_key)
+    skus = [item.sku for item in body.items]
+    repeated = sorted({sku for sku in skus if skus.count(sku) > 1})
+    if repeated:
+        raise ApiProblem(
+            422, "Repeated SKU", f"each SKU may appear once; merge the lines of {', '.join(repeated)}", slug="validation",
+            errors=[{"loc": ["body", "items"], "msg": f"repeated SKU {sku}", "type": "repeated_sku"} for sku in repeated],
+        )
+    submission = await service.submit(
+        caller, key, NewOrder([(i.sku, i.quantity) for i in body.items], body.shipping_address, body.payment_token)
+    )
+    response.headers["Location"] = f"/v1/orders/{submission.view.id}"
+    if submission.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return submission.view
+
+
+@router.get("", response_model=OrderList, summary="List orders, newest first", responses=_PROBLEMS)
+async def list_orders(
+    caller: CustomerOrOperator,
+    service: Service,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    status: OrderStatus | None = None,
+    customer_id: Annotated[str | None, Query(max_length=255, description="operators only")] = None,
+) -> OrderList:
+    if customer_id is not None and not caller.is_operator:
+        raise ApiProblem(403, "Forbidden", "only operators filter by customer", slug="forbidden")
+    page = await service.list(caller, limit=limit, cursor=cursor, status=status, customer_id=customer_id)
+    return OrderList(items=page.items, next_cursor=page.next_cursor)
+
+
+@router.get("/{order_id}", response_model=OrderView, summary="Read an order", responses=_PROBLEMS)
+async def get_order(order_id: uuid.UUID, caller: CustomerOrOperator, service: Service) -> OrderView:
+    return await service.get(caller, order_id)
+
+
+@router.post(
+    "/{order_id}/cancel",
+    response_model=OrderView,
+    summary="Cancel an order before it ships",
+    responses={**_PROBLEMS, 409: {"model": Problem, "description": "Already shipped or ended"}},
+)
+async def cancel_order(order_id: uuid.UUID, body: CancelBody, caller: CustomerOrOperator, service: Service) -> OrderView:
+    return await service.cancel(caller, order_id, body.reason)
+
+
+@router.put(
+    "/{order_id}/shipping-address",
+    response_model=OrderView,
+    summary="Change the shipping address before shipping",
+    responses={**_PROBLEMS, 409: {"model": Problem, "description": "Already shipping or ended"}},
+)
+async def change_shipping_address(order_id: uuid.UUID, body: Address, caller: CustomerOrOperator, service: Service) -> OrderView:
+    return await service.change_shipping_address(caller, order_id, body)
+
+
+@router.post(
+    "/{order_id}/review",
+    response_model=OrderView,
+    summary="Approve or reject an order awaiting review (operators)",
+    responses={**_PROBLEMS, 409: {"model": Problem, "description": "Not awaiting review"}},
+)
+async def review_order(order_id: uuid.UUID, body: ReviewBody, caller: Operator, service: Service) -> OrderView:
+    return await service.review(caller, order_id, body.decision, body.note)

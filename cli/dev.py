@@ -1,0 +1,136 @@
+"""`orders dev`: the whole platform on embedded defaults, in the foreground; Ctrl-C stops all of it.
+
+Data (PostgreSQL cluster, Temporal's SQLite file, logs) lives in the data folder, so running it
+again resumes with the same orders. ``ORDERS_DATABASE_URL`` / ``ORDERS_TEMPORAL_ADDRESS`` in the
+environment switch to external servers instead of the embedded ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+from core.config import Settings
+
+SEARCH_ATTRIBUTES = {"OrderStatus": "Keyword", "CustomerId": "Keyword", "OrderTotal": "Int", "FailureReason": "Keyword"}
+
+
+def _say(message: str) -> None:
+    print(f"orders dev: {message}", flush=True)
+
+
+def run_dev(args: argparse.Namespace, settings: Settings) -> int:
+    from cli.main import CliError
+    from devstack.postgres import EmbeddedPostgres
+    from devstack.processes import ManagedProcess, Supervisor, port_is_open
+    from devstack.temporal import TemporalDevServer
+
+    data_dir = (args.data_dir or settings.data_dir).absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    for name, port in (("api", args.api_port), ("sandbox", args.sandbox_port)):
+        if port_is_open("127.0.0.1", port):
+            raise CliError(f"port {port} for the {name} is already in use (is another `orders dev` running? use --{name}-port)")
+
+    postgres = temporal = None
+    started = time.monotonic()
+    try:
+        database_url = os.environ.get("ORDERS_DATABASE_URL")
+        if database_url:
+            _say("using PostgreSQL from ORDERS_DATABASE_URL")
+        else:
+            _say(f"starting embedded PostgreSQL on 127.0.0.1:{args.postgres_port} (data in {data_dir / 'postgres'})")
+            postgres = EmbeddedPostgres(data_dir / "postgres", port=args.postgres_port, log_path=logs / "postgres.log")
+            postgres.start()
+            postgres.ensure_database("orders")
+            database_url = postgres.url("orders")
+
+        _say("applying migrations and seeding the demo catalogue")
+        from core.db.catalog import seed_demo_catalog
+        from core.db.engine import create_engine
+        from core.db.migrate import upgrade
+
+        upgrade(database_url)
+
+        async def seed() -> None:
+            engine = create_engine(settings, url=database_url, pool_size=1)
+            try:
+                await seed_demo_catalog(engine)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(seed())
+
+        temporal_address = os.environ.get("ORDERS_TEMPORAL_ADDRESS")
+        ui_url = None
+        if temporal_address:
+            _say(f"using Temporal at {temporal_address}")
+        else:
+            _say(f"starting Temporal dev server on 127.0.0.1:{args.temporal_port} (history in {data_dir / 'temporal.db'})")
+            temporal = TemporalDevServer(
+                data_dir / "temporal.db",
+                port=args.temporal_port,
+                ui_port=args.ui_port,
+                namespace=settings.temporal_namespace,
+                search_attributes=SEARCH_ATTRIBUTES,
+                log_dir=logs,
+            )
+            temporal.start()
+            temporal_address = temporal.address
+            ui_url = temporal.ui_url
+
+        api_url = f"http://127.0.0.1:{args.api_port}"
+        sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
+        env = {
+            "ORDERS_DATABASE_URL": database_url,
+            "ORDERS_TEMPORAL_ADDRESS": temporal_address,
+            "ORDERS_API_PORT": str(args.api_port),
+            "ORDERS_PUBLIC_BASE_URL": api_url,
+            "ORDERS_SANDBOX_PORT": str(args.sandbox_port),
+            "ORDERS_PAYMENT_BASE_URL": f"{sandbox_url}/payments",
+            "ORDERS_CARRIER_BASE_URL": f"{sandbox_url}/carrier",
+            "ORDERS_SANDBOX_CARRIER_WEBHOOK_URL": f"{api_url}/v1/carrier/events",
+            "PYTHONUNBUFFERED": "1",
+        }
+        orders = [sys.executable, "-m", "cli.main"]
+        processes = [
+            ManagedProcess("sandbox", [*orders, "sandbox"], env, logs / "sandbox.log", output="tee", ready_url=f"{sandbox_url}/healthz"),
+        ]
+        if not args.no_worker:
+            processes.append(ManagedProcess("worker", [*orders, "worker"], env, logs / "worker.log", output="tee"))
+        processes.append(ManagedProcess("api", [*orders, "api"], env, logs / "api.log", output="tee", ready_url=f"{api_url}/healthz"))
+
+        supervisor = Supervisor(processes, log=_say)
+
+        def banner() -> None:
+            _say(f"ready in {time.monotonic() - started:.1f}s")
+            print(
+                "\n"
+                f"  API            {api_url}  (docs: {api_url}/docs)\n"
+                f"  Temporal UI    {ui_url or 'external server'}\n"
+                f"  Temporal       {temporal_address}\n"
+                f"  Sandbox        {sandbox_url}/docs\n"
+                f"  PostgreSQL     {database_url}\n"
+                f"  Logs           {logs}\n"
+                "\n"
+                "  Try it:  TOKEN=$(.venv/bin/orders token --sub alice)\n"
+                f"           curl -s -H \"Authorization: Bearer $TOKEN\" {api_url}/v1/products\n"
+                "\n  Ctrl-C stops everything.\n",
+                flush=True,
+            )
+
+        supervisor.start_all()
+        banner()
+        return supervisor.run(install_signal_handlers=True)
+    finally:
+        if temporal is not None:
+            _say("stopping Temporal")
+            temporal.stop()
+        if postgres is not None:
+            _say("stopping PostgreSQL")
+            postgres.stop()

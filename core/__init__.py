@@ -1,0 +1,1 @@
+"""Shared kernel: domain models, settings, logging, database and Temporal client factories."""

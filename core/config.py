@@ -1,0 +1,121 @@
+"""One settings object for every process of the platform (prefix ``ORDERS_``).
+
+Nothing is built at import time: composition roots call :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"
+DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-change-me"
+
+
+class Settings(BaseSettings):
+    """Platform settings. Every field can be set as ``ORDERS_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ORDERS_", env_file=".env", extra="ignore")
+
+    environment: str = Field("development", description="development, test or production")
+
+    # Where the embedded services keep their data (`orders dev`).
+    data_dir: Path = Path(".data")
+
+    # PostgreSQL. Empty means: the embedded server that `orders dev` starts.
+    database_url: str = ""
+    database_pool_size: int = 10
+    database_max_overflow: int = 10
+    database_timeout_s: float = 5.0
+
+    # Temporal.
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_rpc_timeout_s: float = 5.0
+    temporal_tls: bool = False
+    temporal_tls_client_cert_path: Path | None = None
+    temporal_tls_client_key_path: Path | None = None
+    temporal_tls_server_ca_path: Path | None = None
+    temporal_api_key: str | None = None
+
+    # Task queues: the workflows run on `task_queue`; activities on `<task_queue>-inventory`,
+    # `-payments` and `-shipping`, so each concern scales and throttles on its own.
+    task_queue: str = "orders"
+    payments_max_per_second: float = 50.0
+    shipping_max_per_second: float = 50.0
+    worker_shutdown_grace_s: float = 30.0
+
+    # Business rules, snapshotted into each order when it is submitted.
+    review_threshold_minor: int = 100_000  # 1000.00 in the catalogue currency
+    review_timeout_s: float = 24 * 3600
+    delivery_deadline_s: float = 7 * 24 * 3600
+
+    # Providers (the sandbox by default).
+    payment_base_url: str = "http://127.0.0.1:8100/payments"
+    carrier_base_url: str = "http://127.0.0.1:8100/carrier"
+    provider_connect_timeout_s: float = 2.0
+    provider_read_timeout_s: float = 4.0
+
+    # Gateway.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_base_url: str = "http://127.0.0.1:8000"
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_issuer: str = "orders-dev"
+    jwt_audience: str = "orders-api"
+    jwt_jwks_url: str | None = None
+    jwt_algorithms: list[str] = ["HS256"]
+    carrier_webhook_secret: str = DEV_WEBHOOK_SECRET
+    carrier_webhook_tolerance_s: int = 300
+    idempotency_retention_s: int = 24 * 3600
+    update_wait_s: float = 10.0
+    max_body_bytes: int = 64 * 1024
+    rate_limit_storage: str = "memory://"
+    rate_limit_submit: str = "100/minute"
+    rate_limit_read: str = "600/minute"
+    rate_limit_webhook: str = "1200/minute"
+
+    # Sandbox providers (`orders sandbox`).
+    sandbox_host: str = "127.0.0.1"
+    sandbox_port: int = 8100
+    sandbox_database_url: str = ""  # empty: same database as the platform
+    sandbox_delivery_delay_s: float = 2.0
+    sandbox_auto_deliver: bool = True
+    sandbox_carrier_webhook_url: str = "http://127.0.0.1:8000/v1/carrier/events"
+    sandbox_slow_delay_s: float = 6.0
+    sandbox_error_rate: float = 0.0
+    sandbox_timeout_rate: float = 0.0
+    sandbox_latency_ms: int = 0
+
+    # Logging.
+    log_level: str = "INFO"
+    log_json: bool | None = None  # None: JSON unless stdout is a terminal
+
+    @field_validator("environment")
+    @classmethod
+    def _known_environment(cls, value: str) -> str:
+        if value not in {"development", "test", "production"}:
+            raise ValueError("environment must be development, test or production")
+        return value
+
+    @model_validator(mode="after")
+    def _no_default_secrets_in_production(self) -> "Settings":
+        if self.environment == "production":
+            if self.jwt_secret == DEV_JWT_SECRET and not self.jwt_jwks_url:
+                raise ValueError("ORDERS_JWT_SECRET (or ORDERS_JWT_JWKS_URL) must be set in production")
+            if self.carrier_webhook_secret == DEV_WEBHOOK_SECRET:
+                raise ValueError("ORDERS_CARRIER_WEBHOOK_SECRET must be set in production")
+        return self
+
+    @property
+    def effective_sandbox_database_url(self) -> str:
+        return self.sandbox_database_url or self.database_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Storage: table definitions, the engine factory and repositories."""

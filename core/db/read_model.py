@@ -1,0 +1,99 @@
+"""Reads of the order read model (projected by the workflows), with keyset pagination."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.db.tables import orders
+from core.domain import OrderStatus, OrderView
+
+
+def order_row(view: OrderView, seq: int) -> dict:
+    """The ``orders`` row of a view at transition number ``seq``."""
+    return {
+        "id": view.id,
+        "customer_id": view.customer_id,
+        "status": view.status.value,
+        "failure_reason": view.failure_reason.value if view.failure_reason else None,
+        "total": view.total,
+        "currency": view.currency,
+        "tracking_number": view.tracking_number,
+        "view": view.model_dump(mode="json"),
+        "seq": seq,
+        "created_at": view.created_at,
+        "updated_at": view.updated_at,
+    }
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+def encode_cursor(created_at: datetime, order_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(order_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, order_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), uuid.UUID(order_id)
+    except (ValueError, TypeError) as error:
+        raise InvalidCursor("cursor is not one this API issued") from error
+
+
+@dataclass
+class OrderPage:
+    items: list[OrderView]
+    next_cursor: str | None
+
+
+class OrderReadModel:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def get(self, order_id: uuid.UUID) -> OrderView | None:
+        async with self._engine.connect() as conn:
+            view = (await conn.execute(select(orders.c.view).where(orders.c.id == order_id))).scalar_one_or_none()
+        return OrderView.model_validate(view) if view is not None else None
+
+    async def find_by_tracking_number(self, tracking_number: str) -> OrderView | None:
+        async with self._engine.connect() as conn:
+            view = (
+                await conn.execute(select(orders.c.view).where(orders.c.tracking_number == tracking_number))
+            ).scalar_one_or_none()
+        return OrderView.model_validate(view) if view is not None else None
+
+    async def list(
+        self,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        customer_id: str | None = None,
+        status: OrderStatus | None = None,
+    ) -> OrderPage:
+        """Newest first; ``cursor`` continues after the last item of the previous page."""
+        query = select(orders.c.view, orders.c.created_at, orders.c.id)
+        if customer_id is not None:
+            query = query.where(orders.c.customer_id == customer_id)
+        if status is not None:
+            query = query.where(orders.c.status == status.value)
+        if cursor:
+            created_at, order_id = decode_cursor(cursor)
+            query = query.where(
+                or_(orders.c.created_at < created_at, and_(orders.c.created_at == created_at, orders.c.id < order_id))
+            )
+        query = query.order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit + 1)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        items = [OrderView.model_validate(row.view) for row in rows[:limit]]
+        next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+        return OrderPage(items, next_cursor)

@@ -1,0 +1,117 @@
+"""Tables of the platform. Alembic migrations are generated from (and checked against) this metadata."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+products = Table(
+    "products",
+    metadata,
+    Column("sku", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("unit_price", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("unit_price > 0", name="unit_price_positive"),
+)
+
+stock = Table(
+    "stock",
+    metadata,
+    Column("sku", String(64), ForeignKey("products.sku"), primary_key=True),
+    Column("on_hand", Integer, nullable=False),
+    Column("reserved", Integer, nullable=False, server_default="0"),
+    # The database itself refuses to oversell: these hold under any concurrency.
+    CheckConstraint("on_hand >= 0", name="on_hand_not_negative"),
+    CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+    CheckConstraint("reserved <= on_hand", name="reserved_within_on_hand"),
+)
+
+# One row per (order, sku); `state` moves reserved -> released | committed exactly once,
+# which is what makes reserve/release/commit safe to run twice.
+stock_reservations = Table(
+    "stock_reservations",
+    metadata,
+    Column("order_id", Uuid, nullable=False),
+    Column("sku", String(64), ForeignKey("products.sku"), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("order_id", "sku"),
+    CheckConstraint("quantity > 0", name="quantity_positive"),
+    CheckConstraint("state IN ('reserved', 'released', 'committed')", name="state_known"),
+)
+
+# Read model of orders, projected by the workflow at every transition (monotonic by `seq`).
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("customer_id", String(255), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("failure_reason", String(64)),
+    Column("total", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("tracking_number", String(64), unique=True),
+    Column("view", JSONB, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_orders_customer_created", "customer_id", "created_at", "id"),
+    Index("ix_orders_status_created", "status", "created_at", "id"),
+    Index("ix_orders_created", "created_at", "id"),
+)
+
+order_events = Table(
+    "order_events",
+    metadata,
+    Column("order_id", Uuid, ForeignKey("orders.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("note", Text),
+    Column("at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("order_id", "seq"),
+)
+
+# Idempotency-Key records of the gateway, scoped to (caller, route, key).
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("customer_id", String(255), nullable=False),
+    Column("route", String(64), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("order_id", Uuid, nullable=False),
+    Column("response_status", Integer),
+    Column("response_body", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("customer_id", "route", "key"),
+    Index("ix_idempotency_keys_expires_at", "expires_at"),
+)

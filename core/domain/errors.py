@@ -1,0 +1,38 @@
+"""Errors the order service raises; the gateway maps each to one HTTP problem type."""
+
+from __future__ import annotations
+
+
+class OrderError(Exception):
+    """Base of the errors callers may see. ``str(error)`` is safe to show to the caller."""
+
+
+class OrderNotFound(OrderError):
+    pass
+
+
+class InvalidOrderState(OrderError):
+    """The order's state does not allow the action (cancel after shipping, review when not awaiting)."""
+
+
+class UnknownSkus(OrderError):
+    def __init__(self, skus: list[str]) -> None:
+        super().__init__(f"unknown SKU(s): {', '.join(skus)}")
+        self.skus = skus
+
+
+class MixedCurrencies(OrderError):
+    pass
+
+
+class IdempotencyKeyReused(OrderError):
+    """The same Idempotency-Key came with a different request body."""
+
+
+class DependencyUnavailable(OrderError):
+    """Temporal or the database did not answer in time; the caller should retry later."""
+
+    def __init__(self, dependency: str, retry_after_s: int = 2) -> None:
+        super().__init__(f"{dependency} is unavailable, retry later")
+        self.dependency = dependency
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,247 @@
+"""Order domain models: statuses, failure reasons, workflow and activity payloads, the order view.
+
+Money is always integer minor units with an ISO 4217 currency.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.domain.countries import ISO_3166_ALPHA2
+
+
+class OrderStatus(StrEnum):
+    RECEIVED = "received"
+    STOCK_RESERVED = "stock_reserved"
+    AWAITING_REVIEW = "awaiting_review"
+    PAYMENT_AUTHORIZED = "payment_authorized"
+    SHIPPED = "shipped"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @property
+    def is_cancellable(self) -> bool:
+        return self in CANCELLABLE_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.FAILED}
+)
+CANCELLABLE_STATUSES = frozenset(
+    {
+        OrderStatus.RECEIVED,
+        OrderStatus.STOCK_RESERVED,
+        OrderStatus.AWAITING_REVIEW,
+        OrderStatus.PAYMENT_AUTHORIZED,
+    }
+)
+
+
+class FailureReason(StrEnum):
+    OUT_OF_STOCK = "out_of_stock"
+    PAYMENT_DECLINED = "payment_declined"
+    PAYMENT_UNAVAILABLE = "payment_unavailable"
+    REVIEW_REJECTED = "review_rejected"
+    REVIEW_TIMEOUT = "review_timeout"
+    CARRIER_UNAVAILABLE = "carrier_unavailable"
+    LOST_IN_TRANSIT = "lost_in_transit"
+    CANCELLED_BY_CUSTOMER = "cancelled_by_customer"
+
+
+class ReviewDecision(StrEnum):
+    APPROVE = "approve"
+    REJECT = "reject"
+
+
+class CarrierEventKind(StrEnum):
+    PICKED_UP = "picked_up"
+    IN_TRANSIT = "in_transit"
+    DELIVERED = "delivered"
+    LOST = "lost"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Address(_Model):
+    name: str = Field(min_length=1, max_length=200)
+    line1: str = Field(min_length=1, max_length=200)
+    line2: str | None = Field(default=None, max_length=200)
+    city: str = Field(min_length=1, max_length=100)
+    postal_code: str = Field(min_length=1, max_length=20)
+    country: str = Field(min_length=2, max_length=2, description="ISO 3166-1 alpha-2 code", examples=["DE"])
+
+    @field_validator("country")
+    @classmethod
+    def _iso_country(cls, value: str) -> str:
+        if value not in ISO_3166_ALPHA2:
+            raise ValueError("must be an ISO 3166-1 alpha-2 country code in upper case, e.g. DE")
+        return value
+
+
+class OrderLine(_Model):
+    sku: str
+    quantity: int
+    unit_price: int  # minor units, snapshot of the catalogue price at submission
+
+
+class StatusChange(_Model):
+    status: OrderStatus
+    at: datetime
+    note: str | None = None
+
+
+class CarrierEvent(_Model):
+    event: CarrierEventKind
+    occurred_at: datetime
+
+
+class ReviewRecord(_Model):
+    decision: ReviewDecision
+    note: str | None = None
+    reviewer: str
+    at: datetime
+
+
+# --- workflow input and messages -------------------------------------------------------------
+
+
+class OrderInput(_Model):
+    """The single input of the order workflow. Add fields with defaults; never remove or reorder."""
+
+    order_id: uuid.UUID
+    customer_id: str
+    lines: list[OrderLine]
+    currency: str
+    total: int
+    shipping_address: Address
+    payment_token: str
+    created_at: datetime
+    review_threshold: int
+    review_timeout_s: float
+    delivery_deadline_s: float
+
+
+class CancelRequest(_Model):
+    reason: str | None = None
+    requested_by: str | None = None
+
+
+class ReviewRequest(_Model):
+    decision: ReviewDecision
+    note: str | None = None
+    reviewer: str
+
+
+class AddressChangeRequest(_Model):
+    shipping_address: Address
+
+
+class CarrierEventSignal(_Model):
+    tracking_number: str
+    event: CarrierEventKind
+    occurred_at: datetime
+
+
+class OrderView(_Model):
+    """The whole order as the workflow knows it; also what the read model stores."""
+
+    id: uuid.UUID
+    customer_id: str
+    status: OrderStatus
+    failure_reason: FailureReason | None = None
+    items: list[OrderLine]
+    total: int
+    currency: str
+    shipping_address: Address
+    tracking_number: str | None = None
+    history: list[StatusChange]
+    created_at: datetime
+    updated_at: datetime
+    review: ReviewRecord | None = None
+    carrier_events: list[CarrierEvent] = []
+    cancel_requested: bool = False
+
+
+# --- activity inputs and results ---------------------------------------------------------------
+
+
+class StockRequest(_Model):
+    order_id: uuid.UUID
+    lines: list[OrderLine]
+
+
+class StockRelease(_Model):
+    order_id: uuid.UUID
+
+
+class AuthorizePayment(_Model):
+    order_id: uuid.UUID
+    amount: int
+    currency: str
+    payment_token: str
+    idempotency_key: str
+
+
+class PaymentAuthorization(_Model):
+    authorization_id: str
+    status: str
+
+
+class PaymentAction(_Model):
+    """Capture, void or refund of one authorization."""
+
+    order_id: uuid.UUID
+    authorization_id: str
+    amount: int
+    currency: str
+    idempotency_key: str
+
+
+class VoidUnknownAuthorization(_Model):
+    """Void an authorization whose outcome is unknown (the authorize call never answered)."""
+
+    order_id: uuid.UUID
+    amount: int
+    currency: str
+    payment_token: str
+    authorize_idempotency_key: str
+    idempotency_key: str
+
+
+class CreateShipment(_Model):
+    order_id: uuid.UUID
+    shipping_address: Address
+    lines: list[OrderLine]
+    idempotency_key: str
+
+
+class Shipment(_Model):
+    tracking_number: str
+
+
+class CancelShipment(_Model):
+    order_id: uuid.UUID
+    tracking_number: str
+    idempotency_key: str
+
+
+class ProjectOrder(_Model):
+    """One transition to write into the read model; ``seq`` makes the write idempotent and ordered."""
+
+    seq: int
+    view: OrderView
+
+
+__all__ = [name for name in dir() if not name.startswith("_") and name not in {"annotations", "uuid", "datetime", "StrEnum", "BaseModel", "ConfigDict", "Field", "field_validator", "ISO_3166_ALPHA2"}]

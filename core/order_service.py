@@ -1,0 +1,337 @@
+"""What the gateway does with orders: submit (idempotently), read, cancel, review, change address,
+and forward carrier events. Talks only to Temporal (by the names in core.domain) and the read model.
+
+Every call to Temporal or the database is bounded in time; failures to reach them become
+:class:`DependencyUnavailable`, which the gateway answers with 503 and Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.config import Settings
+from core.db.catalog import Catalog
+from core.db.idempotency import IdempotencyStore
+from core.db.read_model import OrderPage, OrderReadModel, order_row
+from core.db.tables import order_events, orders
+from core.domain import (
+    ORDER_WORKFLOW,
+    QUERY_ORDER,
+    SIGNAL_CARRIER_EVENT,
+    UPDATE_CANCEL,
+    UPDATE_REVIEW,
+    UPDATE_SHIPPING_ADDRESS,
+    AddressChangeRequest,
+    Address,
+    CancelRequest,
+    CarrierEventSignal,
+    DependencyUnavailable,
+    IdempotencyKeyReused,
+    InvalidOrderState,
+    MixedCurrencies,
+    OrderInput,
+    OrderLine,
+    OrderNotFound,
+    OrderStatus,
+    OrderView,
+    ReviewRequest,
+    StatusChange,
+    UnknownSkus,
+    order_id_for_key,
+    order_workflow_id,
+)
+
+log = structlog.get_logger(__name__)
+
+SUBMIT_ROUTE = "POST /v1/orders"
+DB_ERRORS = (OperationalError, DBAPIError, PoolTimeout, OSError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the token's subject and role."""
+
+    subject: str
+    role: str
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == "operator"
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    items: list[tuple[str, int]]  # (sku, quantity)
+    shipping_address: Address
+    payment_token: str
+
+    def canonical_hash(self) -> str:
+        body = {
+            "items": [[sku, quantity] for sku, quantity in self.items],
+            "shipping_address": self.shipping_address.model_dump(mode="json"),
+            "payment_token": self.payment_token,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Submission:
+    view: OrderView
+    replayed: bool
+
+
+class OrderService:
+    def __init__(self, settings: Settings, engine: AsyncEngine, client: Client) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._client = client
+        self._catalog = Catalog(engine)
+        self._read_model = OrderReadModel(engine)
+        self._rpc_timeout = timedelta(seconds=settings.temporal_rpc_timeout_s)
+
+    # --- submission ---------------------------------------------------------------------------
+
+    async def submit(self, caller: Caller, idempotency_key: str, order: NewOrder) -> Submission:
+        """Accept an order exactly once per (caller, Idempotency-Key) and start its workflow.
+
+        Duplicates (concurrent or later) get the same order; a different body with the same key
+        raises IdempotencyKeyReused. The workflow is started on every attempt with a conflict
+        policy that attaches to the running one, so a gateway crash between accepting and starting
+        is healed by the client's retry.
+        """
+        request_hash = order.canonical_hash()
+        now = datetime.now(UTC)
+        view = await self._price(caller, order, now)
+        try:
+            async with self._engine.begin() as conn:
+                store = IdempotencyStore(conn, caller.subject, SUBMIT_ROUTE)
+                claimed, order_id = await store.claim(
+                    idempotency_key,
+                    request_hash,
+                    order_id_for_key(caller.subject, idempotency_key),
+                    now,
+                    timedelta(seconds=self._settings.idempotency_retention_s),
+                )
+                if claimed:
+                    view.id = order_id
+                    body = view.model_dump(mode="json")
+                    await store.save_response(idempotency_key, 202, body)
+                    await conn.execute(insert(orders).values(**order_row(view, seq=1)).on_conflict_do_nothing())
+                    await conn.execute(
+                        insert(order_events)
+                        .values(order_id=order_id, seq=1, status=OrderStatus.RECEIVED.value, at=now)
+                        .on_conflict_do_nothing()
+                    )
+                else:
+                    record = await store.load(idempotency_key)
+                    assert record is not None  # claim() found it under the same transaction
+                    if record.request_hash != request_hash:
+                        raise IdempotencyKeyReused(
+                            "this Idempotency-Key was already used with a different request body"
+                        )
+                    view = OrderView.model_validate(record.response_body)
+        except DB_ERRORS as error:
+            raise DependencyUnavailable("database") from error
+
+        try:
+            await self._start_workflow(view, order.payment_token)
+        except DependencyUnavailable:
+            if claimed:
+                # Nothing was started (as far as we know): forget the claim so the retry starts over.
+                await self._forget(caller, idempotency_key, view.id)
+            raise
+        log.info("order accepted", order_id=str(view.id), replayed=not claimed)
+        return Submission(view=view, replayed=not claimed)
+
+    async def _price(self, caller: Caller, order: NewOrder, now: datetime) -> OrderView:
+        skus = [sku for sku, _ in order.items]
+        try:
+            prices = await self._catalog.prices(skus)
+        except DB_ERRORS as error:
+            raise DependencyUnavailable("database") from error
+        unknown = [sku for sku in skus if sku not in prices]
+        if unknown:
+            raise UnknownSkus(unknown)
+        currencies = {currency for _, currency in prices.values()}
+        if len(currencies) != 1:
+            raise MixedCurrencies("all items of one order must be priced in the same currency")
+        lines = [OrderLine(sku=sku, quantity=quantity, unit_price=prices[sku][0]) for sku, quantity in order.items]
+        return OrderView(
+            id=uuid.UUID(int=0),
+            customer_id=caller.subject,
+            status=OrderStatus.RECEIVED,
+            items=lines,
+            total=sum(line.quantity * line.unit_price for line in lines),
+            currency=currencies.pop(),
+            shipping_address=order.shipping_address,
+            history=[StatusChange(status=OrderStatus.RECEIVED, at=now)],
+            created_at=now,
+            updated_at=now,
+        )
+
+    async def _start_workflow(self, view: OrderView, payment_token: str) -> None:
+        settings = self._settings
+        order_input = OrderInput(
+            order_id=view.id,
+            customer_id=view.customer_id,
+            lines=view.items,
+            currency=view.currency,
+            total=view.total,
+            shipping_address=view.shipping_address,
+            payment_token=payment_token,
+            created_at=view.created_at,
+            review_threshold=settings.review_threshold_minor,
+            review_timeout_s=settings.review_timeout_s,
+            delivery_deadline_s=settings.delivery_deadline_s,
+        )
+        try:
+            await self._client.start_workflow(
+                ORDER_WORKFLOW,
+                order_input,
+                id=order_workflow_id(view.id),
+                task_queue=settings.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                static_summary=f"order {view.id}",
+                rpc_timeout=self._rpc_timeout,
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # the order's workflow already ran to its end: nothing to start
+        except RPCError as error:
+            raise DependencyUnavailable("workflow service") from error
+
+    async def _forget(self, caller: Caller, idempotency_key: str, order_id: uuid.UUID) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await IdempotencyStore(conn, caller.subject, SUBMIT_ROUTE).forget(idempotency_key)
+                await conn.execute(orders.delete().where((orders.c.id == order_id) & (orders.c.seq == 1)))
+        except DB_ERRORS:
+            log.warning("could not forget an unstarted submission", order_id=str(order_id))
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def get(self, caller: Caller, order_id: uuid.UUID) -> OrderView:
+        """The order from the read model; another customer's order is reported as not found."""
+        try:
+            view = await self._read_model.get(order_id)
+        except DB_ERRORS as error:
+            raise DependencyUnavailable("database") from error
+        if view is None or (not caller.is_operator and view.customer_id != caller.subject):
+            raise OrderNotFound(f"order {order_id} not found")
+        return view
+
+    async def list(
+        self, caller: Caller, *, limit: int, cursor: str | None, status: OrderStatus | None, customer_id: str | None
+    ) -> OrderPage:
+        owner = customer_id if caller.is_operator else caller.subject
+        try:
+            return await self._read_model.list(limit=limit, cursor=cursor, customer_id=owner, status=status)
+        except DB_ERRORS as error:
+            raise DependencyUnavailable("database") from error
+
+    async def live(self, caller: Caller, order_id: uuid.UUID) -> OrderView:
+        """The order as the workflow knows it right now (needs a running worker)."""
+        await self.get(caller, order_id)
+        handle = self._client.get_workflow_handle(order_workflow_id(order_id))
+        try:
+            return await handle.query(QUERY_ORDER, result_type=OrderView, rpc_timeout=self._rpc_timeout)
+        except RPCError as error:
+            raise DependencyUnavailable("workflow service") from error
+
+    # --- actions on an order ----------------------------------------------------------------------
+
+    async def cancel(self, caller: Caller, order_id: uuid.UUID, reason: str | None) -> OrderView:
+        view = await self.get(caller, order_id)
+        request = CancelRequest(reason=reason, requested_by=caller.subject)
+        result = await self._update(view, UPDATE_CANCEL, request, update_id="cancel")
+        if result is None:  # the workflow has ended: answer from its final state
+            final = await self.get(caller, order_id)
+            if final.status == OrderStatus.CANCELLED:
+                return final
+            raise InvalidOrderState(f"order is {final.status.value} and can no longer be cancelled")
+        return result
+
+    async def review(self, caller: Caller, order_id: uuid.UUID, decision: str, note: str | None) -> OrderView:
+        view = await self.get(caller, order_id)
+        request = ReviewRequest(decision=decision, note=note, reviewer=caller.subject)
+        result = await self._update(view, UPDATE_REVIEW, request, update_id=f"review-{decision}")
+        if result is None:
+            final = await self.get(caller, order_id)
+            if final.review is not None and final.review.decision == decision:
+                return final
+            raise InvalidOrderState(f"order is {final.status.value}, not awaiting review")
+        return result
+
+    async def change_shipping_address(self, caller: Caller, order_id: uuid.UUID, address: Address) -> OrderView:
+        view = await self.get(caller, order_id)
+        result = await self._update(view, UPDATE_SHIPPING_ADDRESS, AddressChangeRequest(shipping_address=address))
+        if result is None:
+            raise InvalidOrderState(f"order is {view.status.value}; the shipping address can no longer change")
+        return result
+
+    async def carrier_event(self, signal: CarrierEventSignal) -> None:
+        try:
+            view = await self._read_model.find_by_tracking_number(signal.tracking_number)
+        except DB_ERRORS as error:
+            raise DependencyUnavailable("database") from error
+        if view is None:
+            raise OrderNotFound(f"unknown tracking number {signal.tracking_number}")
+        handle = self._client.get_workflow_handle(order_workflow_id(view.id))
+        try:
+            await handle.signal(SIGNAL_CARRIER_EVENT, signal, rpc_timeout=self._rpc_timeout)
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return  # the order already ended; a late or repeated event changes nothing
+            raise DependencyUnavailable("workflow service") from error
+
+    async def _update(self, view: OrderView, name: str, request, update_id: str | None = None) -> OrderView | None:
+        """Run an update; None when the workflow has already ended. Validator refusals -> InvalidOrderState."""
+        if view.status.is_terminal:
+            return None
+        handle: WorkflowHandle = self._client.get_workflow_handle(order_workflow_id(view.id))
+        try:
+            update = await handle.start_update(
+                name,
+                request,
+                id=update_id,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                result_type=OrderView,
+                rpc_timeout=self._rpc_timeout,
+            )
+            return await asyncio.wait_for(update.result(rpc_timeout=self._rpc_timeout), self._settings.update_wait_s)
+        except WorkflowUpdateFailedError as error:
+            cause = error.cause
+            message = cause.message if isinstance(cause, ApplicationError) else "the order refused this change"
+            raise InvalidOrderState(message) from error
+        except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            # Accepted but not finished in time (e.g. compensations still running): show where it is.
+            current = await self._read_model.get(view.id)
+            if current is None:
+                raise DependencyUnavailable("workflow service") from None
+            current.cancel_requested = current.cancel_requested or name == UPDATE_CANCEL
+            return current
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise DependencyUnavailable("workflow service") from error

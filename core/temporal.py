@@ -1,0 +1,48 @@
+"""The one Temporal client factory: data converter, TLS/API key and timeouts in one place."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RetryConfig, TLSConfig
+
+from core.config import Settings
+
+DATA_CONVERTER = pydantic_data_converter
+
+
+def _tls(settings: Settings) -> TLSConfig | bool:
+    if not settings.temporal_tls:
+        return False
+
+    def read(path):
+        return path.read_bytes() if path else None
+
+    return TLSConfig(
+        server_root_ca_cert=read(settings.temporal_tls_server_ca_path),
+        client_cert=read(settings.temporal_tls_client_cert_path),
+        client_private_key=read(settings.temporal_tls_client_key_path),
+    )
+
+
+async def connect_client(settings: Settings, *, lazy: bool = False) -> Client:
+    """Connect to Temporal with the platform's data converter.
+
+    ``lazy=True`` returns at once and connects on first use, so a gateway can start (and answer
+    503 from ``/readyz``) while Temporal is still down.
+    """
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=DATA_CONVERTER,
+        tls=_tls(settings),
+        api_key=settings.temporal_api_key,
+        lazy=lazy,
+        retry_config=RetryConfig(max_retries=3, max_elapsed_time_millis=int(settings.temporal_rpc_timeout_s * 1000)),
+    )
+
+
+def rpc_timeout(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.temporal_rpc_timeout_s)

@@ -1,0 +1,74 @@
+"""Run the workers: one Temporal worker per task queue in this process (or a chosen subset).
+
+SIGTERM/SIGINT stop polling and let in-flight activities finish within the graceful timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from datetime import timedelta
+
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.http import provider_client
+from core.config import Settings
+from core.db.engine import create_engine
+from core.temporal import connect_client
+from workers.registry import queue_specs
+
+log = structlog.get_logger(__name__)
+
+
+def build_workers(
+    client: Client,
+    settings: Settings,
+    engine,
+    http,
+    *,
+    concerns: Iterable[str] | None = None,
+    task_queue: str | None = None,
+) -> list[Worker]:
+    specs = queue_specs(settings, engine, http, task_queue)
+    chosen = list(concerns) if concerns else list(specs)
+    unknown = set(chosen) - set(specs)
+    if unknown:
+        raise ValueError(f"unknown queue(s) {', '.join(sorted(unknown))}; choose from {', '.join(specs)}")
+    workers = []
+    for concern in chosen:
+        spec = specs[concern]
+        workers.append(
+            Worker(
+                client,
+                task_queue=spec.task_queue,
+                workflows=list(spec.workflows),
+                activities=list(spec.activities),
+                max_task_queue_activities_per_second=spec.max_activities_per_second,
+                graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_s),
+            )
+        )
+    return workers
+
+
+async def run_workers(settings: Settings, concerns: Iterable[str] | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        engine = create_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        http = await stack.enter_async_context(provider_client(settings))
+        client = await connect_client(settings)
+        workers = build_workers(client, settings, engine, http, concerns=concerns)
+        for worker in workers:
+            await stack.enter_async_context(worker)
+        log.info("workers running", task_queues=[w.task_queue for w in workers])
+        await stop.wait()
+        log.info("shutting down workers, letting in-flight activities finish")
+    log.info("workers stopped")

@@ -1,0 +1,1 @@
+"""Workflows: pure orchestration, deterministic, no I/O."""

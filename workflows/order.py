@@ -1,0 +1,405 @@
+"""The order workflow: stock, review, payment, shipping and delivery, with saga compensation.
+
+One workflow per order, id ``order-<uuid>``. Every transition is recorded in the view (queryable)
+and projected into the read model with a local activity. Compensations are pushed as each step
+succeeds and run in reverse when the order ends early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.payment import PaymentActivities
+    from activities.projection import ProjectionActivities
+    from activities.shipping import ShippingActivities
+    from activities.stock import StockActivities
+    from core.domain import (
+        ERR_INVALID_STATE,
+        ERR_OUT_OF_STOCK,
+        ERR_PAYMENT_DECLINED,
+        ORDER_WORKFLOW,
+        QUERY_ORDER,
+        SIGNAL_CARRIER_EVENT,
+        UPDATE_CANCEL,
+        UPDATE_REVIEW,
+        UPDATE_SHIPPING_ADDRESS,
+        AddressChangeRequest,
+        AuthorizePayment,
+        CancelRequest,
+        CancelShipment,
+        CarrierEvent,
+        CarrierEventKind,
+        CarrierEventSignal,
+        CreateShipment,
+        FailureReason,
+        OrderInput,
+        OrderStatus,
+        OrderView,
+        PaymentAction,
+        ProjectOrder,
+        ReviewDecision,
+        ReviewRecord,
+        ReviewRequest,
+        StatusChange,
+        StockRelease,
+        StockRequest,
+        VoidUnknownAuthorization,
+        activity_task_queue,
+        provider_key,
+    )
+    from workflows import policies
+
+
+class OrderEnded(Exception):
+    """Raised inside the workflow to stop the happy path and run the compensations."""
+
+    def __init__(self, status: OrderStatus, reason: FailureReason, note: str | None = None) -> None:
+        super().__init__(f"{status}/{reason}")
+        self.status = status
+        self.reason = reason
+        self.note = note
+
+
+Compensation = Callable[[], Awaitable[None]]
+
+
+def _error_type(error: BaseException) -> str | None:
+    cause = error.cause if isinstance(error, ActivityError) else error
+    return cause.type if isinstance(cause, ApplicationError) else None
+
+
+@workflow.defn(name=ORDER_WORKFLOW)
+class OrderWorkflow:
+    @workflow.init
+    def __init__(self, order: OrderInput) -> None:
+        self._order = order
+        self._view = OrderView(
+            id=order.order_id,
+            customer_id=order.customer_id,
+            status=OrderStatus.RECEIVED,
+            items=order.lines,
+            total=order.total,
+            currency=order.currency,
+            shipping_address=order.shipping_address,
+            history=[StatusChange(status=OrderStatus.RECEIVED, at=order.created_at)],
+            created_at=order.created_at,
+            updated_at=order.created_at,
+        )
+        self._seq = 1
+        self._cancel: CancelRequest | None = None
+        self._review: ReviewRequest | None = None
+        self._delivery: CarrierEventKind | None = None
+        self._creating_shipment = False
+        self._compensations: list[tuple[str, Compensation]] = []
+
+    # --- the order's story ----------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, order: OrderInput) -> OrderView:
+        await self._project()
+        try:
+            await self._reserve_stock()
+            if order.total >= order.review_threshold:
+                await self._await_review()
+            await self._authorize_payment()
+            await self._ship()
+            await self._await_delivery()
+            await self._transition(OrderStatus.COMPLETED)
+        except OrderEnded as ended:
+            await self._compensate()
+            await self._transition(ended.status, reason=ended.reason, note=ended.note)
+        # Let update handlers (e.g. a cancel waiting for the outcome) return before the run closes.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._view
+
+    async def _reserve_stock(self) -> None:
+        try:
+            await workflow.execute_activity_method(
+                StockActivities.reserve_stock,
+                StockRequest(order_id=self._order.order_id, lines=self._order.lines),
+                task_queue=self._queue("inventory"),
+                summary="reserve stock",
+                **policies.STOCK.options(),
+            )
+        except ActivityError as error:
+            if _error_type(error) == ERR_OUT_OF_STOCK:
+                raise OrderEnded(OrderStatus.REJECTED, FailureReason.OUT_OF_STOCK, str(error.cause)) from error
+            raise
+        self._push("release stock", self._release_stock)
+        self._raise_if_cancelled()
+        await self._transition(OrderStatus.STOCK_RESERVED)
+
+    async def _await_review(self) -> None:
+        await self._transition(OrderStatus.AWAITING_REVIEW)
+        try:
+            await workflow.wait_condition(
+                lambda: self._review is not None or self._cancel is not None,
+                timeout=timedelta(seconds=self._order.review_timeout_s),
+                timeout_summary="review timeout",
+            )
+        except asyncio.TimeoutError:
+            raise OrderEnded(OrderStatus.CANCELLED, FailureReason.REVIEW_TIMEOUT) from None
+        self._raise_if_cancelled()
+        assert self._review is not None
+        if self._review.decision == ReviewDecision.REJECT:
+            raise OrderEnded(OrderStatus.REJECTED, FailureReason.REVIEW_REJECTED, self._review.note)
+
+    async def _authorize_payment(self) -> None:
+        key = provider_key(self._order.order_id, "authorize")
+        try:
+            authorization = await workflow.execute_activity_method(
+                PaymentActivities.authorize_payment,
+                AuthorizePayment(
+                    order_id=self._order.order_id,
+                    amount=self._order.total,
+                    currency=self._order.currency,
+                    payment_token=self._order.payment_token,
+                    idempotency_key=key,
+                ),
+                task_queue=self._queue("payments"),
+                summary=f"authorize {self._order.total} {self._order.currency}",
+                **policies.AUTHORIZE.options(),
+            )
+        except ActivityError as error:
+            if _error_type(error) == ERR_PAYMENT_DECLINED:
+                raise OrderEnded(OrderStatus.REJECTED, FailureReason.PAYMENT_DECLINED) from error
+            # The provider never gave a definitive answer: an authorization may exist. Void by key.
+            self._push("void unknown authorization", self._void_unknown_authorization)
+            raise OrderEnded(OrderStatus.FAILED, FailureReason.PAYMENT_UNAVAILABLE, str(error.cause)) from error
+        self._authorization_id = authorization.authorization_id
+        self._push("void payment", self._void_payment)
+        self._raise_if_cancelled()
+        await self._transition(OrderStatus.PAYMENT_AUTHORIZED)
+
+    async def _ship(self) -> None:
+        self._creating_shipment = True
+        try:
+            shipment = await workflow.execute_activity_method(
+                ShippingActivities.create_shipment,
+                CreateShipment(
+                    order_id=self._order.order_id,
+                    shipping_address=self._view.shipping_address,
+                    lines=self._order.lines,
+                    idempotency_key=provider_key(self._order.order_id, "ship"),
+                ),
+                task_queue=self._queue("shipping"),
+                summary="create shipment",
+                **policies.CREATE_SHIPMENT.options(),
+            )
+        except ActivityError as error:
+            raise OrderEnded(OrderStatus.FAILED, FailureReason.CARRIER_UNAVAILABLE, str(error.cause)) from error
+        finally:
+            self._creating_shipment = False
+        self._view.tracking_number = shipment.tracking_number
+        self._push("cancel shipment", self._cancel_shipment)
+        # A cancel accepted while the shipment was being created still wins: nothing has left yet.
+        self._raise_if_cancelled()
+        await self._transition(OrderStatus.SHIPPED)
+        # Past the point of no return: capture the money and deduct the goods.
+        self._compensations.clear()
+        await workflow.execute_activity_method(
+            PaymentActivities.capture_payment,
+            self._payment_action("capture"),
+            task_queue=self._queue("payments"),
+            summary=f"capture {self._order.total} {self._order.currency}",
+            **policies.SETTLEMENT.options(),
+        )
+        await workflow.execute_activity_method(
+            StockActivities.commit_stock,
+            StockRelease(order_id=self._order.order_id),
+            task_queue=self._queue("inventory"),
+            summary="deduct shipped stock",
+            **policies.STOCK.options(),
+        )
+        self._push("refund payment", self._refund_payment)
+
+    async def _await_delivery(self) -> None:
+        try:
+            await workflow.wait_condition(
+                lambda: self._delivery is not None,
+                timeout=timedelta(seconds=self._order.delivery_deadline_s),
+                timeout_summary="delivery deadline",
+            )
+        except asyncio.TimeoutError:
+            raise OrderEnded(OrderStatus.FAILED, FailureReason.LOST_IN_TRANSIT, "no delivery by the deadline") from None
+        if self._delivery == CarrierEventKind.LOST:
+            raise OrderEnded(OrderStatus.FAILED, FailureReason.LOST_IN_TRANSIT, "carrier reported the parcel lost")
+
+    # --- compensations --------------------------------------------------------------------------
+
+    def _push(self, name: str, compensation: Compensation) -> None:
+        self._compensations.append((name, compensation))
+
+    async def _compensate(self) -> None:
+        while self._compensations:
+            name, compensation = self._compensations.pop()
+            workflow.logger.info("compensating: %s", name)
+            await compensation()
+
+    async def _release_stock(self) -> None:
+        await workflow.execute_activity_method(
+            StockActivities.release_stock,
+            StockRelease(order_id=self._order.order_id),
+            task_queue=self._queue("inventory"),
+            summary="release stock",
+            **policies.STOCK.options(),
+        )
+
+    async def _void_payment(self) -> None:
+        await workflow.execute_activity_method(
+            PaymentActivities.void_payment,
+            self._payment_action("void"),
+            task_queue=self._queue("payments"),
+            summary="void authorization",
+            **policies.SETTLEMENT.options(),
+        )
+
+    async def _void_unknown_authorization(self) -> None:
+        await workflow.execute_activity_method(
+            PaymentActivities.void_unknown_authorization,
+            VoidUnknownAuthorization(
+                order_id=self._order.order_id,
+                amount=self._order.total,
+                currency=self._order.currency,
+                payment_token=self._order.payment_token,
+                authorize_idempotency_key=provider_key(self._order.order_id, "authorize"),
+                idempotency_key=provider_key(self._order.order_id, "void-unknown"),
+            ),
+            task_queue=self._queue("payments"),
+            summary="void authorization of unknown outcome",
+            **policies.SETTLEMENT.options(),
+        )
+
+    async def _refund_payment(self) -> None:
+        await workflow.execute_activity_method(
+            PaymentActivities.refund_payment,
+            self._payment_action("refund"),
+            task_queue=self._queue("payments"),
+            summary=f"refund {self._order.total} {self._order.currency}",
+            **policies.SETTLEMENT.options(),
+        )
+
+    async def _cancel_shipment(self) -> None:
+        assert self._view.tracking_number is not None
+        await workflow.execute_activity_method(
+            ShippingActivities.cancel_shipment,
+            CancelShipment(
+                order_id=self._order.order_id,
+                tracking_number=self._view.tracking_number,
+                idempotency_key=provider_key(self._order.order_id, "cancel-shipment"),
+            ),
+            task_queue=self._queue("shipping"),
+            summary="cancel shipment",
+            **policies.SETTLEMENT.options(),
+        )
+
+    # --- messages ---------------------------------------------------------------------------------
+
+    @workflow.query(name=QUERY_ORDER)
+    def order(self) -> OrderView:
+        return self._view
+
+    @workflow.update(name=UPDATE_CANCEL)
+    async def cancel(self, request: CancelRequest) -> OrderView:
+        """Cancel before shipping; answers with the order once it has reached its final state."""
+        if self._cancel is None:
+            self._cancel = request
+            self._view.cancel_requested = True
+        await workflow.wait_condition(lambda: self._view.status.is_terminal)
+        return self._view
+
+    @cancel.validator
+    def _validate_cancel(self, request: CancelRequest) -> None:
+        if self._cancel is not None:
+            return  # a repeated cancel is answered like the first one
+        if not self._view.status.is_cancellable:
+            raise ApplicationError(
+                f"order is {self._view.status.value} and can no longer be cancelled", type=ERR_INVALID_STATE
+            )
+
+    @workflow.update(name=UPDATE_REVIEW)
+    async def review(self, request: ReviewRequest) -> OrderView:
+        if self._review is None:
+            self._review = request
+            self._view.review = ReviewRecord(
+                decision=request.decision, note=request.note, reviewer=request.reviewer, at=workflow.now()
+            )
+            await self._project()
+        return self._view
+
+    @review.validator
+    def _validate_review(self, request: ReviewRequest) -> None:
+        if self._review is not None and self._review.decision == request.decision:
+            return  # the same decision again changes nothing and answers the same
+        if self._view.status != OrderStatus.AWAITING_REVIEW or self._review is not None or self._cancel is not None:
+            raise ApplicationError(
+                f"order is {self._view.status.value}, not awaiting review", type=ERR_INVALID_STATE
+            )
+
+    @workflow.update(name=UPDATE_SHIPPING_ADDRESS)
+    async def change_shipping_address(self, request: AddressChangeRequest) -> OrderView:
+        self._view.shipping_address = request.shipping_address
+        self._view.updated_at = workflow.now()
+        await self._project()
+        return self._view
+
+    @change_shipping_address.validator
+    def _validate_address_change(self, request: AddressChangeRequest) -> None:
+        if self._creating_shipment or not self._view.status.is_cancellable or self._cancel is not None:
+            raise ApplicationError(
+                f"order is {self._view.status.value}; the shipping address can no longer change",
+                type=ERR_INVALID_STATE,
+            )
+
+    @workflow.signal(name=SIGNAL_CARRIER_EVENT)
+    async def carrier_event(self, event: CarrierEventSignal) -> None:
+        if event.tracking_number != self._view.tracking_number or self._view.status.is_terminal:
+            return
+        if any(seen.event == event.event for seen in self._view.carrier_events):
+            return  # carriers deliver events at least once
+        self._view.carrier_events.append(CarrierEvent(event=event.event, occurred_at=event.occurred_at))
+        if event.event in (CarrierEventKind.DELIVERED, CarrierEventKind.LOST) and self._delivery is None:
+            self._delivery = event.event
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _raise_if_cancelled(self) -> None:
+        if self._cancel is not None:
+            raise OrderEnded(OrderStatus.CANCELLED, FailureReason.CANCELLED_BY_CUSTOMER, self._cancel.reason)
+
+    async def _transition(
+        self, status: OrderStatus, *, reason: FailureReason | None = None, note: str | None = None
+    ) -> None:
+        now = workflow.now()
+        self._view.status = status
+        self._view.failure_reason = reason
+        self._view.updated_at = now
+        self._view.history.append(StatusChange(status=status, at=now, note=note))
+        await self._project()
+
+    async def _project(self) -> None:
+        self._seq += 1
+        await workflow.execute_local_activity_method(
+            ProjectionActivities.project_order,
+            ProjectOrder(seq=self._seq, view=self._view.model_copy(deep=True)),
+            summary=f"project {self._view.status.value}",
+            **policies.PROJECTION.options(),
+        )
+
+    def _payment_action(self, action: str) -> PaymentAction:
+        return PaymentAction(
+            order_id=self._order.order_id,
+            authorization_id=self._authorization_id,
+            amount=self._order.total,
+            currency=self._order.currency,
+            idempotency_key=provider_key(self._order.order_id, action),
+        )
+
+    def _queue(self, concern: str) -> str:
+        return activity_task_queue(workflow.info().task_queue, concern)
