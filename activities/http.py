@@ -8,10 +8,10 @@ and non-retryable.
 from __future__ import annotations
 
 import httpx
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from core.config import Settings
-from core.domain import ERR_PROVIDER_REJECTED
+from core.domain import ERR_PAYMENT_DECLINED, ERR_PROVIDER_REJECTED
 
 TRANSIENT_STATUSES = {408, 409, 425, 429}
 
@@ -52,4 +52,6 @@ def rejected(response: httpx.Response, what: str, *, error_type: str = ERR_PROVI
         {"status": response.status_code, "code": code},
         type=error_type,
         non_retryable=True,
+        # Declines are business answers, not incidents: keep them out of error logs and metrics.
+        category=ApplicationErrorCategory.BENIGN if error_type == ERR_PAYMENT_DECLINED else ApplicationErrorCategory.UNSPECIFIED,
     )

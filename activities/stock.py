@@ -14,7 +14,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from core.db.tables import stock, stock_reservations
 from core.domain import ERR_OUT_OF_STOCK, StockRelease, StockRequest
@@ -56,6 +56,7 @@ class StockActivities:
                     {"skus": missing},
                     type=ERR_OUT_OF_STOCK,
                     non_retryable=True,
+                    category=ApplicationErrorCategory.BENIGN,  # a business answer, not an incident
                 )
             # A concurrent attempt of the same order makes this INSERT fail on the primary key; the
             # whole transaction (stock counters included) rolls back and the retry sees the rows.

@@ -156,7 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--role", choices=["customer", "operator", "carrier"], default="customer")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token.set_defaults(func=cmd_token)
+
+    # Further command groups live in their own modules, each with `register(subparsers)`.
+    import importlib
+
+    for module in EXTRA_COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
+
+
+# Modules that add subcommands (e.g. "cli.replay"); each defines register(subparsers).
+EXTRA_COMMAND_MODULES: list[str] = []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ suite against an existing PostgreSQL instead of the embedded one.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import uuid
@@ -57,17 +58,35 @@ async def drop_database(admin_dsn: str, name: str) -> None:
         await conn.close()
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process exactly these settings."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        env[f"ORDERS_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+    return env
+
+
+def start_worker(settings: Settings, log_dir: Path) -> ManagedProcess:
+    """`orders worker` as a child process, ready once its workers poll."""
+    log_path = log_dir / "worker.log"
+    process = ManagedProcess(
+        "worker",
+        [sys.executable, "-m", "cli.main", "worker"],
+        settings_env(settings),
+        log_path,
+        cwd=ROOT,
+        ready_check=lambda: log_path.exists() and "workers running" in log_path.read_text(errors="replace"),
+        ready_timeout=30,
+    )
+    process.start()
+    process.wait_ready()
+    return process
+
+
 def start_sandbox(settings: Settings, log_dir: Path) -> ManagedProcess:
-    env = {
-        "ORDERS_DATABASE_URL": settings.database_url,
-        "ORDERS_SANDBOX_PORT": str(settings.sandbox_port),
-        "ORDERS_SANDBOX_CARRIER_WEBHOOK_URL": settings.sandbox_carrier_webhook_url,
-        "ORDERS_SANDBOX_DELIVERY_DELAY_S": str(settings.sandbox_delivery_delay_s),
-        "ORDERS_SANDBOX_SLOW_DELAY_S": str(settings.sandbox_slow_delay_s),
-        "ORDERS_JWT_SECRET": settings.jwt_secret,
-        "ORDERS_CARRIER_WEBHOOK_SECRET": settings.carrier_webhook_secret,
-        "ORDERS_LOG_JSON": "true",
-    }
+    env = settings_env(settings)
     process = ManagedProcess(
         "sandbox",
         [sys.executable, "-m", "cli.main", "sandbox"],
@@ -88,7 +107,6 @@ def test_settings(database_url: str, **overrides) -> Settings:
     values = dict(
         environment="test",
         database_url=database_url,
-        database_pool_size=5,
         sandbox_port=sandbox_port,
         api_port=api_port,
         payment_base_url=f"http://127.0.0.1:{sandbox_port}/payments",
