@@ -97,6 +97,8 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
             "ORDERS_SANDBOX_CARRIER_WEBHOOK_URL": f"{api_url}/v1/carrier/events",
             "PYTHONUNBUFFERED": "1",
         }
+        if sys.stdout.isatty():
+            env.setdefault("ORDERS_LOG_JSON", "false")  # children write to a pipe; keep the console readable
         orders = [sys.executable, "-m", "cli.main"]
         processes = [
             ManagedProcess("sandbox", [*orders, "sandbox"], env, logs / "sandbox.log", output="tee", ready_url=f"{sandbox_url}/healthz"),
@@ -124,9 +126,7 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
                 flush=True,
             )
 
-        supervisor.start_all()
-        banner()
-        return supervisor.run(install_signal_handlers=True)
+        return supervisor.run(install_signal_handlers=True, on_ready=banner)
     finally:
         if temporal is not None:
             _say("stopping Temporal")

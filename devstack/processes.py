@@ -465,7 +465,13 @@ class Supervisor:
             self.exit_reason = reason
         self._stop_event.set()
 
-    def run(self, *, install_signal_handlers: bool = True, poll_interval: float = 0.2) -> int:
+    def run(
+        self,
+        *,
+        install_signal_handlers: bool = True,
+        poll_interval: float = 0.2,
+        on_ready: Callable[[], None] | None = None,
+    ) -> int:
         """Start all, then block until SIGINT/SIGTERM, :meth:`request_stop`, or a child exits.
 
         Returns 0 on a requested stop, else the exit code of the child that died (or 1).
@@ -479,6 +485,8 @@ class Supervisor:
         rc = 0
         try:
             self.start_all()
+            if on_ready is not None and not self._stop_event.is_set():
+                on_ready()
             while not self._stop_event.wait(poll_interval):
                 dead = next((p for p in self._started if not p.is_running()), None)
                 if dead is not None:
