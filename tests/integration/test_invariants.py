@@ -1,0 +1,86 @@
+"""The invariant checker over a realistic mix of orders, and proof that it catches violations."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, insert, update
+
+from core.db.read_model import order_row
+from core.db.tables import orders, stock, stock_reservations
+from core.domain import OrderView
+from core.invariants import InvariantChecker
+from tests.harness import random_ref, wait_for
+from tests.integration.conftest import auth
+from tests.integration.test_order_api import final_state, order_body, submit
+from tests.support import new_sku
+
+
+async def test_a_mixed_run_keeps_every_invariant(api, token, engine, workers, temporal_client, it_settings):
+    plenty = await new_sku(engine, price=1_000, on_hand=50)
+    scarce = await new_sku(engine, price=500, on_hand=2)
+    customer = token(random_ref("mix"))
+    bodies = (
+        [order_body(plenty, 2) for _ in range(4)]
+        + [order_body(plenty, 1, token="tok_decline"), order_body(plenty, 1, token="tok_flaky")]
+        + [order_body(plenty, 1, postal_code="99998")]  # lost parcel: refunded
+        + [order_body(scarce, 1) for _ in range(4)]  # two of them run out of stock
+    )
+    key = uuid.uuid4().hex
+    duplicate = await submit(api, customer, bodies[0], key=key)
+    replay = await submit(api, customer, bodies[0], key=key)
+    assert replay.json()["id"] == duplicate.json()["id"] and replay.headers["Idempotent-Replayed"] == "true"
+    responses = [duplicate] + list(await asyncio.gather(*(submit(api, customer, body) for body in bodies[1:])))
+    ids = [r.json()["id"] for r in responses]
+    finals = [await final_state(api, customer, order_id) for order_id in ids]
+    outcomes = sorted((f["status"], f["failure_reason"]) for f in finals)
+    assert outcomes.count(("completed", None)) == 7
+    assert ("rejected", "payment_declined") in outcomes and ("failed", "lost_in_transit") in outcomes
+    assert outcomes.count(("rejected", "out_of_stock")) == 2
+
+    checker = InvariantChecker(engine, temporal_client, it_settings.payment_base_url)
+    report = await checker.check([uuid.UUID(i) for i in ids], initial_stock={plenty: 50, scarce: 2})
+    assert report.ok, report.table()
+
+
+async def test_the_checker_catches_a_leaked_reservation_and_a_lost_order(api, token, engine, workers, temporal_client, it_settings):
+    sku = await new_sku(engine, on_hand=5)
+    customer = token(random_ref("leak"))
+    order_id = (await submit(api, customer, order_body(sku, token="tok_decline"))).json()["id"]
+    assert (await final_state(api, customer, order_id))["status"] == "rejected"
+    checker = InvariantChecker(engine, temporal_client, it_settings.payment_base_url)
+    assert (await checker.check([uuid.UUID(order_id)], initial_stock={sku: 5})).ok
+
+    # Violate invariants 3 and 4: a rejected order that still holds stock.
+    leaked = uuid.UUID(order_id)
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.execute(update(stock_reservations).where(stock_reservations.c.order_id == leaked).values(state="reserved", updated_at=now))
+        await conn.execute(update(stock).where(stock.c.sku == sku).values(reserved=stock.c.reserved + 1))
+    report = await checker.check([leaked], initial_stock={sku: 5})
+    failed = {check.name[0] for check in report.checks if not check.ok}
+    assert failed == {"4"} and "still holds" in report.table()
+    report = await checker.check([leaked], initial_stock={sku: 4})
+    assert {check.name[0] for check in report.checks if not check.ok} == {"3", "4"}
+
+    # Invariant 1: an order row whose workflow never started.
+    ghost = uuid.uuid4()
+    view = (await api.get(f"/v1/orders/{order_id}", headers=auth(customer))).json()
+    view.update(id=str(ghost), status="received", failure_reason=None)
+    async with engine.begin() as conn:
+        await conn.execute(insert(orders).values(**order_row(OrderView.model_validate(view), 1)))
+    try:
+        report = await checker.check([ghost])
+        assert not report.checks[0].ok and "no workflow" in report.checks[0].problems[0]
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(update(stock_reservations).where(stock_reservations.c.order_id == leaked).values(state="released"))
+            await conn.execute(update(stock).where(stock.c.sku == sku).values(reserved=stock.c.reserved - 1))
+            await conn.execute(delete(orders).where(orders.c.id == ghost))
+    await wait_for(lambda: _ok(checker, leaked, sku), timeout=5, what="invariants restored")
+
+
+async def _ok(checker, order_id, sku):
+    return (await checker.check([order_id], initial_stock={sku: 5})).ok
