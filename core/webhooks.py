@@ -1,4 +1,4 @@
-"""Signatures of carrier webhooks (standard library only, so the gateway can share it).
+"""Signatures of carrier webhooks (standard library only): the sandbox carrier signs, the gateway verifies.
 
 Header: ``Carrier-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of f"{t}.{raw body}">``.
 Several ``v1`` entries may be present (secret rotation); one matching is enough.

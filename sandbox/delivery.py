@@ -3,7 +3,7 @@
 Each event is a row of ``sandbox_shipment_events`` due at ``next_event_at``. Workers claim one due
 event with ``FOR UPDATE SKIP LOCKED`` (together with its shipment, so a cancel waits for a send in
 progress) and POST it to ``sandbox_carrier_webhook_url``, signed twice: a carrier JWT in
-``Authorization`` and an HMAC in ``Carrier-Signature`` (:mod:`sandbox.signing`).
+``Authorization`` and an HMAC in ``Carrier-Signature`` (:mod:`core.webhooks`).
 
 Outcomes: 2xx -> sent. Connection errors, timeouts, 408, 429 and 5xx -> retried with exponential
 backoff (capped). Any other status -> given up (``failed``, with the reason recorded). An event is
@@ -24,7 +24,7 @@ from sqlalchemy import Interval, RowMapping, and_, exists, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.config import Settings
-from sandbox.signing import SIGNATURE_HEADER, sign_webhook
+from core.webhooks import SIGNATURE_HEADER, sign_webhook
 from sandbox.tables import shipment_events as events
 from sandbox.tables import shipments
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from core.config import Settings
-from sandbox.signing import verify_webhook
+from core.webhooks import verify_webhook
 
 pytestmark = pytest.mark.asyncio
 

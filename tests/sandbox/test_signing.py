@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.signing import WebhookSignatureError, sign_webhook, verify_webhook
+from core.webhooks import WebhookSignatureError, sign_webhook, verify_webhook
 
 
 def test_signature_round_trip_and_rejections() -> None:
