@@ -11,11 +11,14 @@ from temporalio.client import Client
 
 from api.errors import install_error_handlers
 from api.middleware import RequestGuards
+from api.openapi import install_openapi
+from api.ratelimit import RateLimits
 from api.routes import carrier, catalog, health, orders
 from core.config import Settings
 from core.db.engine import create_engine
 from core.order_service import OrderService
 from core.temporal import connect_client
+from core.tokens import TokenVerifier
 
 DESCRIPTION = """
 Submit orders and follow them through stock, payment and shipping.
@@ -50,8 +53,11 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.verifier = TokenVerifier(settings)
     install_error_handlers(app)
+    install_openapi(app)
     for router in (orders.router, catalog.router, carrier.router, health.router):
         app.include_router(router)
+    app.add_middleware(RateLimits, settings=settings)  # inside RequestGuards: 429s carry the request id
     app.add_middleware(RequestGuards, max_body_bytes=settings.max_body_bytes)
     return app

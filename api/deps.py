@@ -10,7 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.errors import ApiProblem
 from core.config import Settings
 from core.order_service import Caller, OrderService
-from core.tokens import InvalidToken, verify_token
+from core.domain import DependencyUnavailable
+from core.tokens import InvalidToken, SigningKeysUnavailable
 
 _bearer = HTTPBearer(auto_error=False, description="JWT from `orders token` (HS256) or your identity provider")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="orders"'}
@@ -30,13 +31,18 @@ async def get_caller(
 ) -> Caller:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiProblem(401, "Unauthorized", "a bearer token is required", slug="unauthorized", headers=_CHALLENGE)
-    try:
-        claims = verify_token(request.app.state.settings, credentials.credentials)
-    except InvalidToken:
-        raise ApiProblem(
-            401, "Unauthorized", "the bearer token is invalid or expired", slug="unauthorized",
-            headers={"WWW-Authenticate": 'Bearer realm="orders", error="invalid_token"'},
-        ) from None
+    # The rate limiter has usually verified the token already (it counts by subject).
+    claims = getattr(request.state, "claims", None)
+    if claims is None:
+        try:
+            claims = await request.app.state.verifier.verify(credentials.credentials)
+        except InvalidToken:
+            raise ApiProblem(
+                401, "Unauthorized", "the bearer token is invalid or expired", slug="unauthorized",
+                headers={"WWW-Authenticate": 'Bearer realm="orders", error="invalid_token"'},
+            ) from None
+        except SigningKeysUnavailable as error:
+            raise DependencyUnavailable("identity provider") from error
     caller = Caller(subject=claims.subject, role=claims.role)
     request.state.caller = caller
     return caller

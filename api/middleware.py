@@ -8,6 +8,8 @@ import uuid
 
 import structlog
 
+log = structlog.get_logger(__name__)
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _METHODS_WITH_BODY = {b"POST", b"PUT", b"PATCH"}
 
@@ -77,8 +79,12 @@ class RequestGuards:
                     raise _BodyTooLarge()
             return message
 
+        started = False
+
         async def send_with_id(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
@@ -87,6 +93,13 @@ class RequestGuards:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
             await _send_problem(send, 413, "Body too large", f"the body may be at most {self.max_body_bytes} bytes", request_id, path, "body-too-large")
+        except Exception:
+            # Answered here rather than by Starlette's outermost handler so the 500 carries
+            # X-Request-ID too; the log line has the stack trace, the caller only the id.
+            log.exception("unexpected error", path=path)
+            if started:
+                raise
+            await _send_problem(send, 500, "Internal error", "an unexpected error occurred; quote the request id when reporting it", request_id, path, "internal")
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
 

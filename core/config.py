@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     jwt_issuer: str = "orders-dev"
     jwt_audience: str = "orders-api"
     jwt_jwks_url: str | None = None
-    jwt_algorithms: list[str] = ["HS256"]
+    jwt_algorithms: list[str] = ["HS256"]  # with a JWKS URL and no explicit choice: RS256, ES256
+    jwt_jwks_cache_s: float = 300.0  # fetched signing keys are trusted this long
+    jwt_jwks_timeout_s: float = 3.0
     carrier_webhook_secret: str = DEV_WEBHOOK_SECRET
     carrier_webhook_tolerance_s: int = 300
     idempotency_retention_s: int = 24 * 3600
@@ -77,6 +79,9 @@ class Settings(BaseSettings):
     rate_limit_submit: str = "100/minute"
     rate_limit_read: str = "600/minute"
     rate_limit_webhook: str = "1200/minute"
+    rate_limit_timeout_s: float = 0.5  # a slower or unreachable storage lets the request through
+    # Peers whose X-Forwarded-For is believed (IP addresses or CIDR ranges); others count by peer IP.
+    trusted_proxies: list[str] = []
 
     # Sandbox providers (`orders sandbox`).
     sandbox_host: str = "127.0.0.1"
@@ -108,6 +113,18 @@ class Settings(BaseSettings):
                 raise ValueError("ORDERS_JWT_SECRET (or ORDERS_JWT_JWKS_URL) must be set in production")
             if self.carrier_webhook_secret == DEV_WEBHOOK_SECRET:
                 raise ValueError("ORDERS_CARRIER_WEBHOOK_SECRET must be set in production")
+        return self
+
+    @model_validator(mode="after")
+    def _token_algorithms_match_the_key_source(self) -> "Settings":
+        # Algorithm confusion: a shared secret must never verify a token meant for public keys.
+        if self.jwt_jwks_url:
+            if "jwt_algorithms" not in self.model_fields_set:
+                self.jwt_algorithms = ["RS256", "ES256"]
+            if any(not alg.startswith(("RS", "ES", "PS")) for alg in self.jwt_algorithms):
+                raise ValueError("with ORDERS_JWT_JWKS_URL only RS*/ES*/PS* algorithms are allowed")
+        elif any(not alg.startswith("HS") for alg in self.jwt_algorithms):
+            raise ValueError("without ORDERS_JWT_JWKS_URL only HS* algorithms (shared secret) are allowed")
         return self
 
     @property

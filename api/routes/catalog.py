@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api.deps import CallerDep
-from api.schemas import ProductList, ProductOut, Problem
+from api.openapi import problems
+from api.schemas import ProductList, ProductOut
 from core.db.catalog import Catalog
 from core.domain import DependencyUnavailable
 from core.order_service import DB_ERRORS
@@ -13,7 +14,7 @@ from core.order_service import DB_ERRORS
 router = APIRouter(prefix="/v1/products", tags=["catalog"])
 
 
-@router.get("", response_model=ProductList, summary="List products", responses={401: {"model": Problem}, 503: {"model": Problem}})
+@router.get("", response_model=ProductList, summary="List products", responses=problems(401, 429, 503))
 async def list_products(request: Request, caller: CallerDep) -> ProductList:
     try:
         products = await Catalog(request.app.state.engine).list()

@@ -10,27 +10,36 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api.deps import Customer, CustomerOrOperator, Operator, Service
 from api.errors import ApiProblem
-from api.schemas import CancelBody, OrderCreate, OrderList, Problem, ReviewBody
+from api.openapi import problems
+from api.schemas import CancelBody, OrderCreate, OrderList, ReviewBody
 from core.domain import Address, OrderStatus, OrderView
 from core.order_service import NewOrder
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
 
-_KEY = re.compile(r'^"?([\x21-\x7e]{1,255}?)"?$')
-_PROBLEMS = {
-    401: {"model": Problem, "description": "Missing, malformed or expired token"},
-    403: {"model": Problem, "description": "Wrong role"},
-    404: {"model": Problem, "description": "No such order (or not yours)"},
-    503: {"model": Problem, "description": "Temporal or the database is unavailable; retry after Retry-After"},
-}
+# A bare token (as Stripe's clients send) or the draft's structured-field string ("..."): 1-255
+# visible ASCII characters; no double quote, and inside the quoted form no backslash either.
+_BARE_KEY = re.compile(r'^[\x21\x23-\x7e]{1,255}$')
+_QUOTED_KEY = re.compile(r'^"([\x21\x23-\x5b\x5d-\x7e]{1,255})"$')
+_READ = problems(401, 403, 422, 429, 503)
+_ONE = problems(401, 403, 404, 422, 429, 503)
+_ACTION = problems(401, 403, 404, 413, 415, 422, 429, 503)
+_SUBMIT = problems(
+    400, 401, 403, 413, 415, 422, 429, 503,
+    _403="Only customers submit orders",
+    _422="Invalid body (see errors), unknown or repeated SKU, mixed currencies, or the Idempotency-Key reused with another body",
+)
 
 
 def parse_idempotency_key(raw: str | None) -> str:
     """Accept a bare token or the draft's quoted string form; 1-255 visible ASCII characters."""
     if raw is None:
         raise ApiProblem(400, "Idempotency-Key required", "send an Idempotency-Key header with a unique value per order", slug="idempotency-key-missing")
-    match = _KEY.match(raw.strip())
-    if not match or '"' in match.group(1):
+    raw = raw.strip()
+    if _BARE_KEY.match(raw):
+        return raw
+    match = _QUOTED_KEY.match(raw)
+    if match is None:
         raise ApiProblem(400, "Invalid Idempotency-Key", "the key must be 1-255 visible ASCII characters", slug="idempotency-key-invalid")
     return match.group(1)
 
@@ -40,7 +49,7 @@ def parse_idempotency_key(raw: str | None) -> str:
     status_code=202,
     response_model=OrderView,
     summary="Submit an order",
-    responses={**_PROBLEMS, 400: {"model": Problem, "description": "Idempotency-Key missing or invalid"}, 422: {"model": Problem, "description": "Invalid body, unknown SKU, or key reused with another body"}},
+    responses={202: {"description": "Accepted (or, with `Idempotent-Replayed: true`, the first answer to this key again)"}, **_SUBMIT},
 )
 async def submit_order(
     body: OrderCreate,
@@ -66,7 +75,7 @@ async def submit_order(
     return submission.view
 
 
-@router.get("", response_model=OrderList, summary="List orders, newest first", responses=_PROBLEMS)
+@router.get("", response_model=OrderList, summary="List orders, newest first", responses=_READ)
 async def list_orders(
     caller: CustomerOrOperator,
     service: Service,
@@ -81,7 +90,7 @@ async def list_orders(
     return OrderList(items=page.items, next_cursor=page.next_cursor)
 
 
-@router.get("/{order_id}", response_model=OrderView, summary="Read an order", responses=_PROBLEMS)
+@router.get("/{order_id}", response_model=OrderView, summary="Read an order", responses=_ONE)
 async def get_order(order_id: uuid.UUID, caller: CustomerOrOperator, service: Service) -> OrderView:
     return await service.get(caller, order_id)
 
@@ -90,7 +99,7 @@ async def get_order(order_id: uuid.UUID, caller: CustomerOrOperator, service: Se
     "/{order_id}/cancel",
     response_model=OrderView,
     summary="Cancel an order before it ships",
-    responses={**_PROBLEMS, 409: {"model": Problem, "description": "Already shipped or ended"}},
+    responses={**_ACTION, **problems(409, _409="Already shipped or ended otherwise")},
 )
 async def cancel_order(order_id: uuid.UUID, body: CancelBody, caller: CustomerOrOperator, service: Service) -> OrderView:
     return await service.cancel(caller, order_id, body.reason)
@@ -100,7 +109,7 @@ async def cancel_order(order_id: uuid.UUID, body: CancelBody, caller: CustomerOr
     "/{order_id}/shipping-address",
     response_model=OrderView,
     summary="Change the shipping address before shipping",
-    responses={**_PROBLEMS, 409: {"model": Problem, "description": "Already shipping or ended"}},
+    responses={**_ACTION, **problems(409, _409="Already shipping or ended")},
 )
 async def change_shipping_address(order_id: uuid.UUID, body: Address, caller: CustomerOrOperator, service: Service) -> OrderView:
     return await service.change_shipping_address(caller, order_id, body)
@@ -110,7 +119,7 @@ async def change_shipping_address(order_id: uuid.UUID, body: Address, caller: Cu
     "/{order_id}/review",
     response_model=OrderView,
     summary="Approve or reject an order awaiting review (operators)",
-    responses={**_PROBLEMS, 409: {"model": Problem, "description": "Not awaiting review"}},
+    responses={**_ACTION, **problems(409, _409="Not awaiting review (or decided otherwise)")},
 )
 async def review_order(order_id: uuid.UUID, body: ReviewBody, caller: Operator, service: Service) -> OrderView:
     return await service.review(caller, order_id, body.decision, body.note)

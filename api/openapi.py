@@ -1,0 +1,140 @@
+"""The OpenAPI document: every response code documented with its schema and an example.
+
+Routes declare their error codes with :func:`problems`; :func:`install_openapi` adds the shared
+``Problem`` schema and fills in an example for every response that has none, so the contract that
+schemathesis checks is complete by construction.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from api.ratelimit import QUOTA_EXCEEDED
+from api.schemas import CarrierEventBody, Problem
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+PROBLEM_BASE = "https://orders.example/problems/"
+
+_PROBLEM_DEFAULTS: dict[int, tuple[str, str, str]] = {
+    # status: (description, slug or full type, detail of the example)
+    400: ("Idempotency-Key missing or invalid", "idempotency-key-missing", "send an Idempotency-Key header with a unique value per order"),
+    401: ("Missing, malformed or expired bearer token (or a bad webhook signature)", "unauthorized", "the bearer token is invalid or expired"),
+    403: ("The token's role may not do this", "forbidden", "this action needs the role operator"),
+    404: ("No such order (or not yours)", "not-found", "order 0b1c2d3e-0000-5000-8000-000000000000 not found"),
+    409: ("The order's state does not allow this", "invalid-order-state", "order is shipped and can no longer be cancelled"),
+    413: ("Body larger than 64 KiB", "body-too-large", "the body may be at most 65536 bytes"),
+    415: ("Body is not application/json", "unsupported-media-type", "send the body as application/json"),
+    422: ("The request did not validate (see errors), unknown SKU, or Idempotency-Key reused with another body", "validation", "the request did not validate; see errors"),
+    429: ("Over the rate limit; retry after Retry-After", QUOTA_EXCEEDED, "at most 100 submit requests per 60 s; retry after 12 s"),
+    503: ("Temporal, the database or the identity provider is unavailable; retry after Retry-After", "unavailable", "database is unavailable, retry later"),
+}
+_TITLES = {400: "Idempotency-Key required", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Order state conflict",
+           413: "Body too large", 415: "Unsupported media type", 422: "Invalid request", 429: "Too many requests", 503: "Service unavailable"}
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+_RATELIMIT_HEADERS = {
+    "RateLimit-Policy": {"description": 'the budget, e.g. `"submit";q=100;w=60`', "schema": {"type": "string"}},
+    "RateLimit": {"description": 'what is left of it, e.g. `"submit";r=99;t=60`', "schema": {"type": "string"}},
+}
+
+
+def problem_example(status: int) -> dict:
+    _, slug, detail = _PROBLEM_DEFAULTS[status]
+    example = {
+        "type": slug if slug.startswith("https://") else PROBLEM_BASE + slug,
+        "title": _TITLES[status],
+        "status": status,
+        "detail": detail,
+        "instance": "/v1/orders",
+        "request_id": "7f9c2ba4e88f827d616045507605853e",
+    }
+    if status == 422:
+        example["errors"] = [{"loc": ["body", "items", "0", "quantity"], "msg": "Input should be less than or equal to 1000", "type": "less_than_equal"}]
+    return example
+
+
+def problems(*statuses: int, **descriptions: str) -> dict:
+    """``responses=`` entries for error codes, as application/problem+json with an example.
+    Override a description with ``_404="..."``."""
+    out = {}
+    for status in statuses:
+        entry = {
+            "description": descriptions.get(f"_{status}", _PROBLEM_DEFAULTS[status][0]),
+            "content": {"application/problem+json": {"schema": PROBLEM_REF, "example": problem_example(status)}},
+        }
+        if status in (429, 503):
+            entry["headers"] = dict(_RETRY_AFTER)
+        out[status] = entry
+    return out
+
+
+_ADDRESS = {"name": "Ada Lovelace", "line1": "Unter den Linden 1", "line2": None, "city": "Berlin", "postal_code": "10117", "country": "DE"}
+ORDER_EXAMPLE = {
+    "id": "3f0a8a4e-5b8e-5c55-9a61-7f5f2f0f8a11",
+    "customer_id": "alice",
+    "status": "received",
+    "failure_reason": None,
+    "items": [{"sku": "MUG-WHT", "quantity": 2, "unit_price": 1299}],
+    "total": 2598,
+    "currency": "EUR",
+    "shipping_address": _ADDRESS,
+    "tracking_number": None,
+    "history": [{"status": "received", "at": "2025-01-01T12:00:00Z", "note": None}],
+    "created_at": "2025-01-01T12:00:00Z",
+    "updated_at": "2025-01-01T12:00:00Z",
+    "review": None,
+    "carrier_events": [],
+    "cancel_requested": False,
+}
+_EXAMPLES_BY_SCHEMA = {
+    "OrderView": ORDER_EXAMPLE,
+    "OrderList": {"items": [ORDER_EXAMPLE], "next_cursor": "eyJ0IjoiMjAyNS0wMS0wMVQxMjowMDowMFoiLCJpZCI6IjNmMGEifQ"},
+    "ProductList": {"items": [{"sku": "MUG-WHT", "name": "Mug, white", "unit_price": 1299, "currency": "EUR", "available": 42}], "next_cursor": None},
+    "Accepted": {"status": "accepted"},
+    "Health": {"status": "ok", "checks": {"database": "ok", "temporal": "ok"}},
+    "Problem": problem_example(503),
+}
+
+
+def _schema_name(schema: dict) -> str | None:
+    ref = schema.get("$ref", "")
+    return ref.rsplit("/", 1)[-1] if ref else None
+
+
+def _add_schema(schemas: dict, model) -> None:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, definition in schema.pop("$defs", {}).items():
+        schemas.setdefault(name, definition)
+    schemas.setdefault(model.__name__, schema)
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Generate the document once, with the Problem schema and an example on every response."""
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes, servers=app.servers
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in (Problem, CarrierEventBody):  # referenced by hand, not through a route's model
+            _add_schema(schemas, model)
+        for path, operations in document.get("paths", {}).items():
+            for method, operation in operations.items():
+                limited = path.startswith("/v1/")
+                for status, response in operation.get("responses", {}).items():
+                    if limited:
+                        response.setdefault("headers", {}).update(copy.deepcopy(_RATELIMIT_HEADERS))
+                    for media in response.get("content", {}).values():
+                        if "example" not in media and "examples" not in media:
+                            name = _schema_name(media.get("schema", {}))
+                            if name in _EXAMPLES_BY_SCHEMA:
+                                media["example"] = _EXAMPLES_BY_SCHEMA[name]
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi
