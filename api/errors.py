@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 PROBLEM_BASE = "https://orders.example/problems/"
 PROBLEM_JSON = "application/problem+json"
+_HTTP_SLUGS = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
 
 
 class ApiProblem(Exception):
@@ -67,7 +70,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException):
-        return problem_response(request, error.status_code, str(error.detail), headers=getattr(error, "headers", None))
+        slug = _HTTP_SLUGS.get(error.status_code)
+        return problem_response(request, error.status_code, HTTPStatus(error.status_code).phrase, str(error.detail), slug=slug, headers=getattr(error, "headers", None))
 
     @app.exception_handler(OrderNotFound)
     async def _not_found(request: Request, error: OrderNotFound):

@@ -7,6 +7,7 @@ import re
 import uuid
 
 import structlog
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +77,7 @@ class RequestGuards:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     too_large = True
-                    raise _BodyTooLarge()
+                    raise _BodyTooLarge(self.max_body_bytes)
             return message
 
         started = False
@@ -104,5 +105,9 @@ class RequestGuards:
             structlog.contextvars.unbind_contextvars("request_id")
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive``: an HTTPException so FastAPI's body parsing re-raises it as is
+    (any other error there becomes a 400) and the problem handler answers 413."""
+
+    def __init__(self, max_body_bytes: int) -> None:
+        super().__init__(413, f"the body may be at most {max_body_bytes} bytes")

@@ -206,7 +206,7 @@ class OrderService:
             delivery_deadline_s=settings.delivery_deadline_s,
         )
         try:
-            await self._client.start_workflow(
+            await self._temporal(self._client.start_workflow(
                 ORDER_WORKFLOW,
                 order_input,
                 id=order_workflow_id(view.id),
@@ -215,7 +215,7 @@ class OrderService:
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 static_summary=f"order {view.id}",
                 rpc_timeout=self._rpc_timeout,
-            )
+            ))
         except WorkflowAlreadyStartedError:
             pass  # the order's workflow already ran to its end: nothing to start
         except RPCError as error:
@@ -255,7 +255,7 @@ class OrderService:
         await self.get(caller, order_id)
         handle = self._client.get_workflow_handle(order_workflow_id(order_id))
         try:
-            return await handle.query(QUERY_ORDER, result_type=OrderView, rpc_timeout=self._rpc_timeout)
+            return await self._temporal(handle.query(QUERY_ORDER, result_type=OrderView, rpc_timeout=self._rpc_timeout))
         except RPCError as error:
             raise DependencyUnavailable("workflow service") from error
 
@@ -299,11 +299,24 @@ class OrderService:
             raise OrderNotFound(f"unknown tracking number {signal.tracking_number}")
         handle = self._client.get_workflow_handle(order_workflow_id(view.id))
         try:
-            await handle.signal(SIGNAL_CARRIER_EVENT, signal, rpc_timeout=self._rpc_timeout)
+            await self._temporal(handle.signal(SIGNAL_CARRIER_EVENT, signal, rpc_timeout=self._rpc_timeout))
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 return  # the order already ended; a late or repeated event changes nothing
             raise DependencyUnavailable("workflow service") from error
+
+    async def _temporal(self, call):
+        """Await one call to Temporal within a hard deadline (so no request hangs, whatever the
+        client's own retries do); an unreachable server becomes DependencyUnavailable."""
+        try:
+            return await asyncio.wait_for(call, self._settings.temporal_rpc_timeout_s + 1.0)
+        except asyncio.TimeoutError as error:
+            raise DependencyUnavailable("workflow service") from error
+        except RuntimeError as error:
+            # A lazy client that cannot connect raises RuntimeError("Failed client connect: ...").
+            if "client connect" in str(error):
+                raise DependencyUnavailable("workflow service") from error
+            raise
 
     async def _update(self, view: OrderView, name: str, request, update_id: str | None = None) -> OrderView | None:
         """Run an update; None when the workflow has already ended. Validator refusals -> InvalidOrderState."""
@@ -311,14 +324,14 @@ class OrderService:
             return None
         handle: WorkflowHandle = self._client.get_workflow_handle(order_workflow_id(view.id))
         try:
-            update = await handle.start_update(
+            update = await self._temporal(handle.start_update(
                 name,
                 request,
                 id=update_id,
                 wait_for_stage=WorkflowUpdateStage.ACCEPTED,
                 result_type=OrderView,
                 rpc_timeout=self._rpc_timeout,
-            )
+            ))
             return await asyncio.wait_for(update.result(rpc_timeout=self._rpc_timeout), self._settings.update_wait_s)
         except WorkflowUpdateFailedError as error:
             cause = error.cause
