@@ -13,7 +13,7 @@ from api.errors import install_error_handlers
 from api.middleware import RequestGuards
 from api.openapi import install_openapi
 from api.ratelimit import RateLimits
-from api.routes import carrier, catalog, health, orders
+from api.routes import carrier, catalog, codec, health, orders
 from core.config import Settings
 from core.db.engine import create_engine
 from core.order_service import OrderService
@@ -56,7 +56,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
     app.state.verifier = TokenVerifier(settings)
     install_error_handlers(app)
     install_openapi(app)
-    for router in (orders.router, catalog.router, carrier.router, health.router):
+    for router in (orders.router, catalog.router, carrier.router, health.router, codec.router):
         app.include_router(router)
     app.add_middleware(RateLimits, settings=settings)  # inside RequestGuards: 429s carry the request id
     app.add_middleware(RequestGuards, max_body_bytes=settings.max_body_bytes)

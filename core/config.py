@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"
 DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-change-me"
+# Payload encryption key for development and tests only; refused in production.
+DEV_CODEC_KEYS = "dev-2026:Mo5SMVV2kagOA7q9XSdvrjJjjnAzsTaYwYDaE1oC2Q8="
 
 
 class Settings(BaseSettings):
@@ -107,6 +109,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    # Payload encryption (core/codec.py): kid:base64 keys, all accepted for decryption; new
+    # payloads use the active one. The codec endpoint (/codec) serves the Temporal UI.
+    codec_keys: str = DEV_CODEC_KEYS
+    codec_active_key: str = "dev-2026"
+    codec_cors_origins: list[str] = ["http://127.0.0.1:8233", "http://localhost:8233"]
+    # The dev UI (`temporal server start-dev --ui-codec-endpoint`) sends no credentials: allow
+    # anonymous codec calls from loopback addresses. Ignored in production (always authenticated).
+    codec_allow_local_anonymous: bool = True
+
     def _no_default_secrets_in_production(self) -> "Settings":
         if self.environment == "production":
             if self.jwt_secret == DEV_JWT_SECRET and not self.jwt_jwks_url:
@@ -136,3 +147,15 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment once."""
     return Settings()
+    @model_validator(mode="after")
+    def _codec_keys_usable(self) -> "Settings":
+        from core.codec import parse_keys  # validates format and length; the message is the error
+
+        keys = parse_keys(self.codec_keys)
+        if self.codec_active_key not in keys:
+            raise ValueError(f"ORDERS_CODEC_ACTIVE_KEY {self.codec_active_key!r} is not in ORDERS_CODEC_KEYS")
+        if self.environment == "production":
+            if set(parse_keys(DEV_CODEC_KEYS).values()) & set(keys.values()):
+                raise ValueError("ORDERS_CODEC_KEYS must not contain the development key in production")
+        return self
+

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import RetryConfig, TLSConfig
 
+from core.codec import EncryptionCodec, parse_keys
 from core.config import Settings
 
-DATA_CONVERTER = pydantic_data_converter
+
+
+def payload_codec(settings: Settings) -> EncryptionCodec:
+    """The AES-256-GCM codec with the keys from settings (also used by the gateway's /codec)."""
+    return EncryptionCodec(parse_keys(settings.codec_keys), settings.codec_active_key)
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """Pydantic payloads, encrypted with the settings' keys; failure messages and stack traces are
+    encoded too (the default failure converter would store them in plain text).
+
+    Every client and worker of the platform (and the tests and replay) must use this one.
+    """
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=payload_codec(settings),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
 
 
 def _tls(settings: Settings) -> TLSConfig | bool:
@@ -36,7 +56,7 @@ async def connect_client(settings: Settings, *, lazy: bool = False) -> Client:
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=DATA_CONVERTER,
+        data_converter=data_converter(settings),
         tls=_tls(settings),
         api_key=settings.temporal_api_key,
         lazy=lazy,
