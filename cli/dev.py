@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from core.config import Settings
-
-SEARCH_ATTRIBUTES = {"OrderStatus": "Keyword", "CustomerId": "Keyword", "OrderTotal": "Int", "FailureReason": "Keyword"}
+from core.search_attributes import SEARCH_ATTRIBUTES
 
 
 def _say(message: str) -> None:
@@ -78,6 +78,8 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
                 ui_port=args.ui_port,
                 namespace=settings.temporal_namespace,
                 search_attributes=SEARCH_ATTRIBUTES,
+                # The UI (in the browser) decrypts payloads through the gateway's codec endpoint.
+                ui_codec_endpoint=f"http://127.0.0.1:{args.api_port}/codec",
                 log_dir=logs,
             )
             temporal.start()
@@ -95,6 +97,7 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
             "ORDERS_PAYMENT_BASE_URL": f"{sandbox_url}/payments",
             "ORDERS_CARRIER_BASE_URL": f"{sandbox_url}/carrier",
             "ORDERS_SANDBOX_CARRIER_WEBHOOK_URL": f"{api_url}/v1/carrier/events",
+            "ORDERS_CODEC_CORS_ORIGINS": json.dumps([f"http://127.0.0.1:{args.ui_port}", f"http://localhost:{args.ui_port}"]),
             "PYTHONUNBUFFERED": "1",
         }
         if sys.stdout.isatty():

@@ -35,6 +35,7 @@ from core.db.catalog import Catalog
 from core.db.idempotency import IdempotencyStore
 from core.db.read_model import OrderPage, OrderReadModel, order_row
 from core.db.tables import order_events, orders
+from core.search_attributes import order_search_attributes, order_static_details, order_static_summary
 from core.domain import (
     ORDER_WORKFLOW,
     QUERY_ORDER,
@@ -213,7 +214,10 @@ class OrderService:
                 task_queue=settings.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                static_summary=f"order {view.id}",
+                static_summary=order_static_summary(view.id, view.customer_id, view.total, view.currency),
+                static_details=order_static_details(view.id, view.customer_id, view.total, view.currency, view.items),
+                # Searchable from the first moment; the workflow upserts them at every transition.
+                search_attributes=order_search_attributes(view.status, view.customer_id, view.total),
                 rpc_timeout=self._rpc_timeout,
             ))
         except WorkflowAlreadyStartedError:

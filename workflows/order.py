@@ -53,7 +53,12 @@ with workflow.unsafe.imports_passed_through():
         activity_task_queue,
         provider_key,
     )
+    from core.search_attributes import order_search_attribute_updates
     from workflows import policies
+
+# Workflows started before search attributes existed must replay without the upsert commands;
+# see docs/workflow-versioning.md for when this can become deprecate_patch and then go away.
+PATCH_SEARCH_ATTRIBUTES = "order-search-attributes"
 
 
 class OrderEnded(Exception):
@@ -102,6 +107,7 @@ class OrderWorkflow:
 
     @workflow.run
     async def run(self, order: OrderInput) -> OrderView:
+        self._publish()
         await self._project()
         try:
             await self._reserve_stock()
@@ -119,6 +125,7 @@ class OrderWorkflow:
         return self._view
 
     async def _reserve_stock(self) -> None:
+        self._step(f"Reserving stock for {self._lines_text()}")
         try:
             await workflow.execute_activity_method(
                 StockActivities.reserve_stock,
@@ -137,6 +144,8 @@ class OrderWorkflow:
 
     async def _await_review(self) -> None:
         await self._transition(OrderStatus.AWAITING_REVIEW)
+        deadline = workflow.now() + timedelta(seconds=self._order.review_timeout_s)
+        self._step(f"Waiting for an operator's review (total {self._money()}); cancelled if none by {deadline:%Y-%m-%d %H:%M} UTC")
         try:
             await workflow.wait_condition(
                 lambda: self._review is not None or self._cancel is not None,
@@ -152,6 +161,7 @@ class OrderWorkflow:
 
     async def _authorize_payment(self) -> None:
         key = provider_key(self._order.order_id, "authorize")
+        self._step(f"Authorizing {self._money()} with the payment provider")
         try:
             authorization = await workflow.execute_activity_method(
                 PaymentActivities.authorize_payment,
@@ -179,6 +189,7 @@ class OrderWorkflow:
 
     async def _ship(self) -> None:
         self._creating_shipment = True
+        self._step("Creating the shipment with the carrier")
         try:
             shipment = await workflow.execute_activity_method(
                 ShippingActivities.create_shipment,
@@ -203,6 +214,7 @@ class OrderWorkflow:
         await self._transition(OrderStatus.SHIPPED)
         # Past the point of no return: capture the money and deduct the goods.
         self._compensations.clear()
+        self._step(f"Shipped ({self._view.tracking_number}); capturing {self._money()} and deducting stock")
         await workflow.execute_activity_method(
             PaymentActivities.capture_payment,
             self._payment_action("capture"),
@@ -220,6 +232,8 @@ class OrderWorkflow:
         self._push("refund payment", self._refund_payment)
 
     async def _await_delivery(self) -> None:
+        deadline = workflow.now() + timedelta(seconds=self._order.delivery_deadline_s)
+        self._step(f"Waiting for delivery of {self._view.tracking_number}; refunded if not delivered by {deadline:%Y-%m-%d %H:%M} UTC")
         try:
             await workflow.wait_condition(
                 lambda: self._delivery is not None,
@@ -240,6 +254,7 @@ class OrderWorkflow:
         while self._compensations:
             name, compensation = self._compensations.pop()
             workflow.logger.info("compensating: %s", name)
+            self._step(f"Compensating: {name}")
             await compensation()
 
     async def _release_stock(self) -> None:
@@ -381,7 +396,32 @@ class OrderWorkflow:
         self._view.failure_reason = reason
         self._view.updated_at = now
         self._view.history.append(StatusChange(status=status, at=now, note=note))
+        self._publish(note)
         await self._project()
+
+    def _publish(self, note: str | None = None) -> None:
+        """Show the transition in the Temporal UI: search attributes and the current details."""
+        view = self._view
+        if workflow.patched(PATCH_SEARCH_ATTRIBUTES):
+            workflow.upsert_search_attributes(
+                order_search_attribute_updates(view.status, view.customer_id, view.total, view.failure_reason)
+            )
+        outcome = view.status.value + (f" ({view.failure_reason.value})" if view.failure_reason else "")
+        self._step(f"Order is {outcome}" + (f": {note}" if note else ""))
+
+    def _step(self, text: str) -> None:
+        # Markdown, shown as "Current Details" in the UI (answered by a query, never in the history).
+        workflow.set_current_details(
+            f"**{text}**\n\n"
+            f"Order `{self._order.order_id}` of customer `{self._order.customer_id}`: "
+            f"{self._lines_text()}, total {self._money()}"
+        )
+
+    def _money(self) -> str:
+        return f"{self._order.total} {self._order.currency} (minor units)"
+
+    def _lines_text(self) -> str:
+        return ", ".join(f"{line.quantity} x {line.sku}" for line in self._order.lines)
 
     async def _project(self) -> None:
         self._seq += 1

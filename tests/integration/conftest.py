@@ -10,13 +10,12 @@ import pytest
 import uvicorn
 
 from api.app import create_app
+from core.search_attributes import SEARCH_ATTRIBUTES
 from core.temporal import connect_client
 from core.tokens import mint_token
 from devstack.processes import free_port
 from devstack.temporal import TemporalDevServer
 from tests.harness import start_worker
-
-SEARCH_ATTRIBUTES = {"OrderStatus": "Keyword", "CustomerId": "Keyword", "OrderTotal": "Int", "FailureReason": "Keyword"}
 
 
 @pytest.fixture(scope="session")

@@ -11,17 +11,20 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.http import provider_client
-from core.temporal import DATA_CONVERTER
+from core.search_attributes import ensure_search_attributes
+from core.temporal import data_converter
 from devstack.binaries import temporal_test_server_path
 from workers.main import build_workers
 
 
 @pytest.fixture(scope="session")
-async def ts_env():
+async def ts_env(settings):
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=DATA_CONVERTER,
+        data_converter=data_converter(settings),
         test_server_existing_path=str(temporal_test_server_path()),
     )
+    # The test server rejects upserts of unregistered search attributes, as a real cluster does.
+    await ensure_search_attributes(env.client, env.client.namespace)
     yield env
     await env.shutdown()
 

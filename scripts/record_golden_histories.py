@@ -1,0 +1,187 @@
+"""Record golden histories: run every path of the order workflow for real and save each history.
+
+    .venv/bin/python scripts/record_golden_histories.py tests/golden/<date>-<slug>
+
+Real runs: an embedded PostgreSQL, the sandbox providers over HTTP, the real activities and the
+time-skipping test server (so the 24 h review timeout passes at once), with the platform's data
+converter, so the histories hold ciphertext made with the development codec key — exactly what a
+production history looks like. The test suite replays every folder under tests/golden/ against the
+current workflow code (tests/unit/test_golden_replay.py); record a new folder after each workflow
+change and keep the old folders as long as histories of that version may still be running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from temporalio.client import WorkflowHandle  # noqa: E402
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy  # noqa: E402
+from temporalio.testing import WorkflowEnvironment  # noqa: E402
+
+from activities.http import provider_client  # noqa: E402
+from core.db.engine import create_engine  # noqa: E402
+from core.db.migrate import upgrade_async  # noqa: E402
+from core.domain import (  # noqa: E402
+    ORDER_WORKFLOW,
+    QUERY_ORDER,
+    SIGNAL_CARRIER_EVENT,
+    UPDATE_CANCEL,
+    UPDATE_REVIEW,
+    CancelRequest,
+    CarrierEventKind,
+    CarrierEventSignal,
+    OrderInput,
+    OrderStatus,
+    OrderView,
+    ReviewDecision,
+    ReviewRequest,
+    order_workflow_id,
+)
+from core.search_attributes import ensure_search_attributes  # noqa: E402
+from core.temporal import data_converter  # noqa: E402
+from devstack.binaries import temporal_test_server_path  # noqa: E402
+from devstack.postgres import EmbeddedPostgres  # noqa: E402
+from devstack.processes import free_port  # noqa: E402
+from tests.harness import Database, create_database, start_sandbox, test_settings, wait_for  # noqa: E402
+from tests.support import new_sku, order_input  # noqa: E402
+from workers.main import build_workers  # noqa: E402
+
+Scenario = Callable[[WorkflowEnvironment, str, object], Awaitable[WorkflowHandle]]
+
+
+async def _start(env: WorkflowEnvironment, queue: str, order: OrderInput) -> WorkflowHandle:
+    return await env.client.start_workflow(
+        ORDER_WORKFLOW,
+        order,
+        id=order_workflow_id(order.order_id),
+        task_queue=queue,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        result_type=OrderView,
+    )
+
+
+async def _reach(handle: WorkflowHandle, status: OrderStatus) -> OrderView:
+    async def reached():
+        view = await handle.query(QUERY_ORDER, result_type=OrderView)
+        return view if view.status == status else None
+
+    return await wait_for(reached, timeout=60, what=f"status {status}")
+
+
+async def _deliver(handle: WorkflowHandle, event: CarrierEventKind) -> None:
+    shipped = await _reach(handle, OrderStatus.SHIPPED)
+    await handle.signal(
+        SIGNAL_CARRIER_EVENT,
+        CarrierEventSignal(tracking_number=shipped.tracking_number, event=event, occurred_at=datetime.now(UTC)),
+    )
+
+
+async def happy(env, queue, engine):
+    handle = await _start(env, queue, order_input(await new_sku(engine), quantity=2, price=1_250))
+    await _deliver(handle, CarrierEventKind.DELIVERED)
+    return handle
+
+
+async def out_of_stock(env, queue, engine):
+    return await _start(env, queue, order_input(await new_sku(engine, on_hand=1), quantity=2))
+
+
+async def decline(env, queue, engine):
+    return await _start(env, queue, order_input(await new_sku(engine), token="tok_decline"))
+
+
+async def review_approve(env, queue, engine):
+    sku = await new_sku(engine, price=300_000)
+    handle = await _start(env, queue, order_input(sku, price=300_000, review_threshold=100_000))
+    await _reach(handle, OrderStatus.AWAITING_REVIEW)
+    await handle.execute_update(UPDATE_REVIEW, ReviewRequest(decision=ReviewDecision.APPROVE, reviewer="op"))
+    await _deliver(handle, CarrierEventKind.DELIVERED)
+    return handle
+
+
+async def review_timeout(env, queue, engine):
+    sku = await new_sku(engine, price=300_000)
+    return await _start(env, queue, order_input(sku, price=300_000, review_threshold=100_000))
+
+
+async def cancel(env, queue, engine):
+    sku = await new_sku(engine, price=300_000)
+    handle = await _start(env, queue, order_input(sku, price=300_000, review_threshold=100_000))
+    await _reach(handle, OrderStatus.AWAITING_REVIEW)
+    await handle.execute_update(UPDATE_CANCEL, CancelRequest(reason="changed my mind"))
+    return handle
+
+
+async def lost_parcel(env, queue, engine):
+    handle = await _start(env, queue, order_input(await new_sku(engine), price=990))
+    await _deliver(handle, CarrierEventKind.LOST)
+    return handle
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "happy": happy,
+    "out_of_stock": out_of_stock,
+    "decline": decline,
+    "review_approve": review_approve,
+    "review_timeout": review_timeout,
+    "cancel": cancel,
+    "lost_parcel": lost_parcel,
+}
+
+
+async def record(target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
+        tmp_path = Path(tmp)
+        postgres = EmbeddedPostgres(tmp_path / "pg", port=free_port(), fast=True)
+        postgres.start()
+        sandbox = None
+        try:
+            name = "orders_golden"
+            await create_database(postgres.dsn("postgres"), name)
+            database = Database(postgres.dsn("postgres"), name, postgres.host, postgres.port, postgres)
+            await upgrade_async(database.url)
+            settings = test_settings(database.url)
+            sandbox = start_sandbox(settings, tmp_path)
+            engine = create_engine(settings)
+            env = await WorkflowEnvironment.start_time_skipping(
+                data_converter=data_converter(settings),
+                test_server_existing_path=str(temporal_test_server_path()),
+            )
+            try:
+                await ensure_search_attributes(env.client, "default")
+                async with provider_client(settings) as http, AsyncExitStack() as stack:
+                    queue = f"golden-{uuid.uuid4().hex[:8]}"
+                    for worker in build_workers(env.client, settings, engine, http, task_queue=queue):
+                        await stack.enter_async_context(worker)
+                    for scenario, run in SCENARIOS.items():
+                        handle = await run(env, queue, engine)
+                        final = await handle.result()
+                        history = await handle.fetch_history()
+                        (target / f"{scenario}.json").write_text(history.to_json())
+                        print(f"{scenario:15} {final.status.value}/{final.failure_reason and final.failure_reason.value}"
+                              f"  {len(history.events)} events", flush=True)
+            finally:
+                await env.shutdown()
+                await engine.dispose()
+        finally:
+            if sandbox is not None:
+                sandbox.stop()
+            postgres.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    asyncio.run(record(Path(sys.argv[1])))

@@ -1,0 +1,47 @@
+"""Every golden history (tests/golden/<version>/<path>.json, recorded by
+scripts/record_golden_histories.py from real runs) replays against the current workflow code:
+an incompatible change to the workflow fails here, before it reaches a worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import Settings
+from workers.replay import load_history_file, replay
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+PATHS = {"happy", "out_of_stock", "decline", "review_approve", "review_timeout", "cancel", "lost_parcel"}
+FILES = sorted(GOLDEN.glob("*/*.json"))
+
+
+def test_every_version_covers_every_path_of_the_workflow():
+    versions = {path.parent.name for path in FILES}
+    assert versions, "no golden histories recorded"
+    for version in versions:
+        assert {path.stem for path in FILES if path.parent.name == version} == PATHS, version
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+async def test_golden_history_replays(path: Path):
+    [outcome] = await replay(Settings(environment="test"), [load_history_file(path)])
+    assert outcome.ok, outcome.detail
+
+
+def test_golden_histories_hold_no_plain_personal_data():
+    for path in FILES:
+        text = path.read_text()
+        for secret in ("Ada Lovelace", "Unter den Linden", "tok_ok", "tok_decline"):
+            assert secret not in text, f"{path}: {secret!r} in plain text"
+
+
+async def test_the_same_change_without_its_patch_is_caught(monkeypatch):
+    """Upserting search attributes unconditionally would break every order started before them."""
+    from temporalio import workflow
+
+    monkeypatch.setattr(workflow, "patched", lambda patch_id: True)
+    initial = GOLDEN / "2026-11-25-initial" / "happy.json"
+    [outcome] = await replay(Settings(environment="test"), [load_history_file(initial)])
+    assert not outcome.ok and outcome.nondeterministic, outcome
+    assert "UpsertWorkflowSearchAttributes" in outcome.detail
