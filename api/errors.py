@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.db.read_model import InvalidCursor
 from core.domain import (
@@ -59,6 +60,17 @@ def _validation_errors(error: RequestValidationError) -> list[dict]:
     return out
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers for this path (asked of the router itself, so routes of
+    included routers count too)."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiProblem)
     async def _api_problem(request: Request, error: ApiProblem):
@@ -71,7 +83,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException):
         slug = _HTTP_SLUGS.get(error.status_code)
-        return problem_response(request, error.status_code, HTTPStatus(error.status_code).phrase, str(error.detail), slug=slug, headers=getattr(error, "headers", None))
+        headers = dict(getattr(error, "headers", None) or {})
+        if error.status_code == 405:
+            # Starlette names only the first route matching the path; list every method it has.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem_response(request, error.status_code, HTTPStatus(error.status_code).phrase, str(error.detail), slug=slug, headers=headers)
 
     @app.exception_handler(OrderNotFound)
     async def _not_found(request: Request, error: OrderNotFound):

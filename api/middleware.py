@@ -59,7 +59,9 @@ class RequestGuards:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         path = scope["path"]
 
-        if scope["method"].encode() in _METHODS_WITH_BODY and path.startswith(self.json_paths_prefix):
+        # Only requests that carry a body: an empty PUT to a GET-only path must still get its 405.
+        has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
+        if scope["method"].encode() in _METHODS_WITH_BODY and path.startswith(self.json_paths_prefix) and has_body:
             content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if content_type != b"application/json":
                 return await _send_problem(send, 415, "Unsupported media type", "send the body as application/json", request_id, path, "unsupported-media-type")
