@@ -6,7 +6,7 @@ progress) and POST it to ``sandbox_carrier_webhook_url``, signed twice: a carrie
 ``Authorization`` and an HMAC in ``Carrier-Signature`` (:mod:`core.webhooks`).
 
 Outcomes: 2xx -> sent. Connection errors, timeouts, 408, 429 and 5xx -> retried with exponential
-backoff (capped). Any other status -> given up (``failed``, with the reason recorded). An event is
+backoff (capped); 404 (tracking number not known yet) -> retried a few times. Any other status -> given up (``failed``, with the reason recorded). An event is
 only sent once every earlier event of its shipment is no longer pending.
 """
 
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 JWT_LIFETIME_S = 300
 RETRYABLE_STATUSES = {408, 429}
+# The gateway learns a tracking number when the order's "shipped" state is projected, which can
+# lag the carrier's first event (a busy or restarted worker). 404 is retried this many times
+# (about 90 s with the default backoff) before the event is given up, as real carriers do.
+NOT_FOUND_RETRIES = 8
 
 
 def rfc3339(moment: datetime) -> str:
@@ -153,7 +157,11 @@ class DeliveryLoop:
             return f"{type(exc).__name__}: {exc}", True
         if response.is_success:
             return None, False
-        retry = response.status_code >= 500 or response.status_code in RETRYABLE_STATUSES
+        retry = (
+            response.status_code >= 500
+            or response.status_code in RETRYABLE_STATUSES
+            or (response.status_code == 404 and row["attempts"] < NOT_FOUND_RETRIES)
+        )
         return f"HTTP {response.status_code}: {response.text[:200]}", retry
 
     async def _record(self, conn: AsyncConnection, row: RowMapping, error: str | None, retry: bool) -> None:
