@@ -166,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands (e.g. "cli.replay"); each defines register(subparsers).
-EXTRA_COMMAND_MODULES: list[str] = []
+EXTRA_COMMAND_MODULES: list[str] = [
+    "cli.bench",  # orders bench: load, latency, Temporal cost, baselines
+    "cli.chaos",  # orders chaos: faults while a bench runs, then the invariants
+]
 
 
 def main(argv: list[str] | None = None) -> int:

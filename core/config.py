@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     payments_max_per_second: float = 50.0
     shipping_max_per_second: float = 50.0
     worker_shutdown_grace_s: float = 30.0
+    # Worker tuning (see docs/performance.md for the measurements behind the defaults). None keeps
+    # the Temporal SDK's default.
+    worker_max_concurrent_workflow_tasks: int | None = None
+    worker_max_concurrent_activities: int | None = None
+    worker_max_concurrent_local_activities: int | None = None
+    worker_max_cached_workflows: int | None = None  # sticky cache size (0 disables sticky execution)
+    worker_workflow_task_pollers: int | None = None
+    worker_activity_task_pollers: int | None = None
 
     # Business rules, snapshotted into each order when it is submitted.
     review_threshold_minor: int = 100_000  # 1000.00 in the catalogue currency

@@ -24,6 +24,19 @@ from workers.registry import queue_specs
 log = structlog.get_logger(__name__)
 
 
+def worker_tuning(settings: Settings) -> dict:
+    """Worker options set in the settings (task slots, pollers, sticky cache); the rest stay the SDK's."""
+    options = {
+        "max_concurrent_workflow_tasks": settings.worker_max_concurrent_workflow_tasks,
+        "max_concurrent_activities": settings.worker_max_concurrent_activities,
+        "max_concurrent_local_activities": settings.worker_max_concurrent_local_activities,
+        "max_cached_workflows": settings.worker_max_cached_workflows,
+        "max_concurrent_workflow_task_polls": settings.worker_workflow_task_pollers,
+        "max_concurrent_activity_task_polls": settings.worker_activity_task_pollers,
+    }
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def build_workers(
     client: Client,
     settings: Settings,
@@ -49,6 +62,7 @@ def build_workers(
                 activities=list(spec.activities),
                 max_task_queue_activities_per_second=spec.max_activities_per_second,
                 graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_s),
+                **worker_tuning(settings),
             )
         )
     return workers

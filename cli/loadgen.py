@@ -1,0 +1,347 @@
+"""The load generator behind `orders bench` and `orders chaos`: drives the public HTTP API only.
+
+Each simulated order is one coroutine: submit with an Idempotency-Key (retried with the same key
+after 429/503 + Retry-After or a dropped connection, as a well-behaved client would), then, by its
+kind, cancel it, or wait for review and approve it with an operator token, then poll the order
+until it ends. Open loop (``rate``): orders start on a fixed schedule whatever the platform does.
+Closed loop (``concurrency``): that many orders in flight, a new one when one ends.
+
+Every HTTP call is recorded (start, route, status, latency); every order's outcome and its
+server-side timestamps (created, shipped, ended) are kept, so latencies from submit to an end
+state come from the platform's own clock rather than from polling granularity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import urlparse
+
+import httpx
+
+from core.config import Settings
+from core.tokens import mint_token
+
+TERMINAL = {"completed", "cancelled", "rejected", "failed"}
+ADDRESS = {"name": "Bench Customer", "line1": "Unter den Linden 1", "line2": None, "city": "Berlin", "postal_code": "10117", "country": "DE"}
+ROUTE_SUBMIT = "POST /v1/orders"
+ROUTE_GET = "GET /v1/orders/{id}"
+ROUTE_CANCEL = "POST /v1/orders/{id}/cancel"
+ROUTE_REVIEW = "POST /v1/orders/{id}/review"
+ROUTE_LIST = "GET /v1/orders"
+
+
+def require_loopback(url: str) -> str:
+    """The load generator only ever targets this machine: refuse any other host."""
+    host = urlparse(url).hostname
+    if host not in {"127.0.0.1", "localhost", "::1"}:
+        raise ValueError(f"refusing to send load to {host!r}: only 127.0.0.1 is allowed")
+    return url.rstrip("/")
+
+
+@dataclass
+class Mix:
+    """Shares of order kinds (the rest are plain happy orders with tok_ok)."""
+
+    decline: float = 0.05  # tok_decline: rejected/payment_declined
+    cancel: float = 0.05  # cancelled by the customer right after submitting (or 409 if already shipped)
+    expensive: float = 0.05  # at or above the review threshold, approved by an operator
+    reads: int = 1  # extra reads per order (a GET of the order and a list of the customer's orders)
+
+    def pick(self, rng: random.Random) -> str:
+        roll = rng.random()
+        for kind, share in (("decline", self.decline), ("cancel", self.cancel), ("expensive", self.expensive)):
+            if roll < share:
+                return kind
+            roll -= share
+        return "ok"
+
+
+@dataclass
+class Catalogue:
+    cheap_sku: str
+    expensive_sku: str
+
+
+@dataclass
+class Sample:
+    at: float  # seconds since the run began
+    route: str
+    status: int  # 0: no answer (connection error or client timeout)
+    latency_s: float
+    retry_after: bool = False
+
+
+@dataclass
+class OrderOutcome:
+    kind: str
+    key: str
+    customer: str
+    submitted_at: float  # seconds since the run began (first attempt)
+    order_id: str | None = None
+    accepted_at: float | None = None
+    ended_at: float | None = None  # when the poller saw the end state
+    status: str | None = None
+    failure_reason: str | None = None
+    server_latency_s: float | None = None  # created_at -> end state, platform clock
+    shipped_latency_s: float | None = None  # created_at -> shipped, platform clock
+    last_status: str | None = None  # as last read, for reporting orders that never ended
+
+
+@dataclass
+class LoadResult:
+    started: float  # time.time() of the start
+    duration_s: float  # the load phase
+    drain_s: float | None  # from the end of the load phase until every accepted order ended
+    samples: list[Sample] = field(default_factory=list)
+    orders: list[OrderOutcome] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[OrderOutcome]:
+        return [o for o in self.orders if o.order_id is not None]
+
+    @property
+    def ended(self) -> list[OrderOutcome]:
+        return [o for o in self.orders if o.status in TERMINAL]
+
+    def statuses(self) -> Counter:
+        return Counter(s.status for s in self.samples)
+
+
+class LoadGenerator:
+    def __init__(
+        self,
+        base_url: str,
+        settings: Settings,
+        catalogue: Catalogue,
+        *,
+        mix: Mix | None = None,
+        customers: int = 500,
+        seed: int = 1,
+        request_timeout_s: float = 15.0,
+        poll_interval_s: float = 0.3,
+        status_line: Callable[[str], None] | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.base_url = require_loopback(base_url)
+        self.catalogue = catalogue
+        self.mix = mix or Mix()
+        self.rng = random.Random(seed)
+        self.run_id = run_id or uuid.uuid4().hex[:6]
+        # Many customers: per-caller rate limits see a realistic spread, not one hot caller.
+        self.customers = [f"bench-{self.run_id}-{n}" for n in range(customers)]
+        self._tokens = {c: mint_token(settings, c, "customer", ttl_s=24 * 3600) for c in self.customers}
+        self._operator = mint_token(settings, f"bench-operator-{self.run_id}", "operator", ttl_s=24 * 3600)
+        self.request_timeout_s = request_timeout_s
+        self.poll_interval_s = poll_interval_s
+        self._status_line = status_line
+        self._t0 = time.monotonic()
+        self.result = LoadResult(started=time.time(), duration_s=0.0, drain_s=None)
+        self._http: httpx.AsyncClient | None = None
+        self._stop_submitting = asyncio.Event()
+        self._give_up_at = float("inf")
+
+    # --- driving ------------------------------------------------------------------------------
+
+    async def run(self, *, duration_s: float, rate: float | None = None, concurrency: int | None = None, max_orders: int | None = None, drain_timeout_s: float = 120.0, extra: Callable[[], object] | None = None) -> LoadResult:
+        """Run the load phase for ``duration_s`` (or ``max_orders``), then wait for accepted orders to end."""
+        if (rate is None) == (concurrency is None):
+            raise ValueError("give exactly one of rate (open loop) or concurrency (closed loop)")
+        limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=self.request_timeout_s, limits=limits) as http:
+            self._http = http
+            self._t0 = time.monotonic()
+            self.result = LoadResult(started=time.time(), duration_s=0.0, drain_s=None)
+            status = asyncio.create_task(self._print_status())
+            extra_task = asyncio.ensure_future(extra()) if extra is not None else None
+            tasks: set[asyncio.Task] = set()
+            budget = max_orders if max_orders is not None else 10**9
+            load_end = self._t0 + duration_s
+            self._give_up_at = load_end + drain_timeout_s
+            try:
+                if rate is not None:
+                    n = 0
+                    while time.monotonic() < load_end and n < budget:
+                        due = self._t0 + n / rate
+                        await asyncio.sleep(max(0.0, due - time.monotonic()))
+                        if len(tasks) < 20_000:  # bound memory even when the platform stalls
+                            task = asyncio.create_task(self._one_order())
+                            tasks.add(task)
+                            task.add_done_callback(tasks.discard)
+                        n += 1
+                else:
+                    started = 0
+
+                    async def loop() -> None:
+                        nonlocal started
+                        while time.monotonic() < load_end and started < budget:
+                            started += 1
+                            await self._one_order()
+
+                    tasks.update(asyncio.create_task(loop()) for _ in range(concurrency or 1))
+                    await asyncio.sleep(max(0.0, load_end - time.monotonic()))
+                self.result.duration_s = time.monotonic() - self._t0
+                self._stop_submitting.set()
+                drain_started = time.monotonic()
+                if tasks:
+                    await asyncio.wait(tasks, timeout=max(1.0, self._give_up_at - time.monotonic()))
+                if all(o.status in TERMINAL for o in self.result.accepted):
+                    self.result.drain_s = time.monotonic() - drain_started
+            finally:
+                for task in list(tasks):
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if extra_task is not None:
+                    await extra_task
+                status.cancel()
+                await asyncio.gather(status, return_exceptions=True)
+                self._emit(self._line(final=True))
+        return self.result
+
+    # --- one order ------------------------------------------------------------------------------
+
+    async def _one_order(self) -> None:
+        kind = self.mix.pick(self.rng)
+        customer = self.rng.choice(self.customers)
+        outcome = OrderOutcome(kind=kind, key=uuid.uuid4().hex, customer=customer, submitted_at=self._now())
+        self.result.orders.append(outcome)
+        sku = self.catalogue.expensive_sku if kind == "expensive" else self.catalogue.cheap_sku
+        body = {
+            "items": [{"sku": sku, "quantity": 1 if kind == "expensive" else self.rng.randint(1, 3)}],
+            "shipping_address": ADDRESS,
+            "payment_token": "tok_decline" if kind == "decline" else "tok_ok",
+        }
+        headers = {**self._auth(customer), "Idempotency-Key": outcome.key}
+        response = await self._call_retrying(ROUTE_SUBMIT, "POST", "/v1/orders", json=body, headers=headers)
+        if response is None or response.status_code not in (200, 202):
+            return
+        view = response.json()
+        outcome.order_id, outcome.accepted_at = view["id"], self._now()
+        path = f"/v1/orders/{outcome.order_id}"
+        if kind == "cancel":
+            await asyncio.sleep(self.rng.uniform(0.0, 0.2))
+            await self._call_retrying(ROUTE_CANCEL, "POST", f"{path}/cancel", json={"reason": "bench"}, headers=self._auth(customer))
+        for _ in range(self.mix.reads):
+            await self._call(ROUTE_LIST, "GET", "/v1/orders", params={"limit": 10}, headers=self._auth(customer))
+        await asyncio.sleep(self.poll_interval_s)
+        approved = False
+        while self._now_mono() < self._give_up_at:
+            response = await self._call(ROUTE_GET, "GET", path, headers=self._auth(customer))
+            if response is not None and response.status_code == 200:
+                view = response.json()
+                outcome.last_status = view["status"]
+                if view["status"] in TERMINAL:
+                    self._record_end(outcome, view)
+                    return
+                if view["status"] == "awaiting_review" and not approved:
+                    answer = await self._call_retrying(ROUTE_REVIEW, "POST", f"{path}/review", json={"decision": "approve", "note": "bench"}, headers={"Authorization": f"Bearer {self._operator}"})
+                    approved = answer is not None and answer.status_code in (200, 409)
+                    if approved:
+                        continue
+            await asyncio.sleep(self._retry_delay(response) if response is not None and response.status_code in (429, 503) else self.poll_interval_s)
+
+    def _record_end(self, outcome: OrderOutcome, view: dict) -> None:
+        outcome.status, outcome.failure_reason, outcome.ended_at = view["status"], view.get("failure_reason"), self._now()
+        created = _parse_time(view["created_at"])
+        ended = next((_parse_time(h["at"]) for h in view["history"] if h["status"] == view["status"]), None)
+        shipped = next((_parse_time(h["at"]) for h in view["history"] if h["status"] == "shipped"), None)
+        if ended is not None:
+            outcome.server_latency_s = (ended - created).total_seconds()
+        if shipped is not None:
+            outcome.shipped_latency_s = (shipped - created).total_seconds()
+
+    # --- HTTP -----------------------------------------------------------------------------------
+
+    def _auth(self, customer: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._tokens[customer]}"}
+
+    async def _call(self, route: str, method: str, path: str, **kwargs) -> httpx.Response | None:
+        assert self._http is not None
+        started = time.monotonic()
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError:
+            self.result.samples.append(Sample(started - self._t0, route, 0, time.monotonic() - started))
+            return None
+        self.result.samples.append(
+            Sample(started - self._t0, route, response.status_code, time.monotonic() - started, "Retry-After" in response.headers)
+        )
+        return response
+
+    async def _call_retrying(self, route: str, method: str, path: str, **kwargs) -> httpx.Response | None:
+        """Retry 429/503 (after Retry-After) and dropped connections with the same request, until the run gives up."""
+        while True:
+            response = await self._call(route, method, path, **kwargs)
+            if response is not None and response.status_code not in (429, 503):
+                return response
+            if self._now_mono() + 0.5 > self._give_up_at:
+                return response
+            if route == ROUTE_SUBMIT and self._stop_submitting.is_set() and response is not None and response.status_code == 429:
+                return response  # over the limit after the load phase: this order simply was not placed
+            await asyncio.sleep(self._retry_delay(response))
+
+    def _retry_delay(self, response: httpx.Response | None) -> float:
+        if response is None:
+            return 0.5
+        try:
+            return min(float(response.headers.get("Retry-After", "1")), 10.0) * self.rng.uniform(0.5, 1.0) + 0.05
+        except ValueError:
+            return 1.0
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return time.monotonic() - self._t0
+
+    def _now_mono(self) -> float:
+        return time.monotonic()
+
+    def _line(self, final: bool = False) -> str:
+        now = self._now()
+        recent = [s for s in self.result.samples if s.route == ROUTE_SUBMIT and s.at >= now - 1.0]
+        lat = sorted(s.latency_s for s in recent)
+        p99 = f"{lat[int(0.99 * (len(lat) - 1))] * 1000:.0f}ms" if lat else "-"
+        accepted = sum(1 for o in self.result.orders if o.order_id is not None)
+        ended = sum(1 for o in self.result.orders if o.status in TERMINAL)
+        errors = sum(1 for s in self.result.samples if s.status == 0 or s.status >= 500)
+        limited = sum(1 for s in self.result.samples if s.status == 429)
+        return (
+            f"t={now:5.0f}s submitted={len(self.result.orders)} accepted={accepted} ended={ended} "
+            f"in_flight={accepted - ended} submit_p99(1s)={p99} 429={limited} 5xx/none={errors}"
+            + (" (done)" if final else "")
+        )
+
+    def _emit(self, line: str) -> None:
+        if self._status_line is not None:
+            self._status_line(line)
+
+    async def _print_status(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._emit(self._line())
+
+
+def status_printer(stream=None) -> Callable[[str], None]:
+    """One status line a second: rewritten in place on a terminal, one line each otherwise."""
+    stream = stream or sys.stderr
+    tty = stream.isatty()
+
+    def emit(line: str) -> None:
+        if tty:
+            stream.write("\r\x1b[2K" + line + ("\n" if line.endswith("(done)") else ""))
+        else:
+            stream.write(line + "\n")
+        stream.flush()
+
+    return emit
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -1,0 +1,267 @@
+"""A throw-away platform for `orders bench` and `orders chaos`: every server a child process in a
+temporary data folder, with handles to crash and restart each of them.
+
+The same pieces as `orders dev` (devstack's EmbeddedPostgres, TemporalDevServer and ManagedProcess),
+but on free ports, with the knobs a measurement needs (worker count, dynamic config, settings
+overrides), and PostgreSQL running with ``synchronous_commit=on`` so a crash loses no commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SEARCH_ATTRIBUTES = {"OrderStatus": "Keyword", "CustomerId": "Keyword", "OrderTotal": "Int", "FailureReason": "Keyword"}
+
+# Settings every bench stack uses unless overridden: rate limits far above what 2 cores can drive
+# (the bench measures the platform, not the limiter), a short carrier delivery delay so orders end
+# within seconds, and machine-readable logs.
+BENCH_DEFAULTS: dict[str, Any] = {
+    "environment": "test",
+    "rate_limit_submit": "1000000/minute",
+    "rate_limit_read": "1000000/minute",
+    "rate_limit_webhook": "1000000/minute",
+    "sandbox_delivery_delay_s": 0.5,
+    "log_json": True,
+    "log_level": "INFO",  # the worker says "workers running" at INFO; the stack waits for it
+}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process exactly these settings."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        env[f"ORDERS_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+    return env
+
+
+@dataclass
+class StackOptions:
+    workers: int = 1
+    settings: Mapping[str, Any] = field(default_factory=dict)  # Settings overrides
+    temporal_dynamic_config: Mapping[str, Any] = field(default_factory=dict)
+    data_dir: Path | None = None  # default: a fresh temporary folder, removed afterwards
+    keep_data: bool = False
+
+
+class BenchStack:
+    """PostgreSQL, Temporal, sandbox, worker(s) and the API as child processes.
+
+    Use as a context manager (synchronous: call it from a thread when inside an event loop).
+    """
+
+    def __init__(self, options: StackOptions | None = None, log: Callable[[str], None] | None = None) -> None:
+        from devstack.processes import free_port
+
+        self.options = options or StackOptions()
+        self._log = log or (lambda message: None)
+        self._own_dir = self.options.data_dir is None
+        self.data_dir = (self.options.data_dir or Path(tempfile.mkdtemp(prefix="orders-bench-"))).absolute()
+        self.logs = self.data_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.ports = {name: free_port() for name in ("postgres", "temporal", "sandbox", "api")}
+        self.postgres = None
+        self.temporal = None
+        self.sandbox = None
+        self.api = None
+        self.workers: list = []
+        self._worker_serial = 0
+        self.settings: Settings | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> "BenchStack":
+        from core.db.migrate import upgrade
+        from devstack.postgres import EmbeddedPostgres
+        from devstack.temporal import TemporalDevServer
+
+        started = time.monotonic()
+        self.postgres = EmbeddedPostgres(
+            self.data_dir / "postgres",
+            port=self.ports["postgres"],
+            log_path=self.logs / "postgres.log",
+            # Durable commits: a SIGKILLed server must not lose an accepted order. More connections
+            # than the default 100: gateway, sandbox and each worker hold a pool of 20.
+            settings={"synchronous_commit": "on", "max_connections": 200},
+        )
+        self.postgres.start()
+        self.postgres.ensure_database("orders")
+        database_url = self.postgres.url("orders")
+        upgrade(database_url)
+        self.temporal = TemporalDevServer(
+            self.data_dir / "temporal.db",
+            port=self.ports["temporal"],
+            ui_port=None,
+            search_attributes=SEARCH_ATTRIBUTES,
+            log_dir=self.logs,
+            dynamic_config=dict(self.options.temporal_dynamic_config),
+        )
+        self.temporal.start()
+        api_url = f"http://127.0.0.1:{self.ports['api']}"
+        sandbox_url = f"http://127.0.0.1:{self.ports['sandbox']}"
+        values = {
+            **BENCH_DEFAULTS,
+            "database_url": database_url,
+            "temporal_address": self.temporal.address,
+            "api_port": self.ports["api"],
+            "public_base_url": api_url,
+            "sandbox_port": self.ports["sandbox"],
+            "payment_base_url": f"{sandbox_url}/payments",
+            "carrier_base_url": f"{sandbox_url}/carrier",
+            "sandbox_carrier_webhook_url": f"{api_url}/v1/carrier/events",
+            "data_dir": str(self.data_dir),
+            **self.options.settings,
+        }
+        self.settings = Settings(**values)
+        self.sandbox = self._process("sandbox", "sandbox", ready_url=f"{sandbox_url}/healthz")
+        self.sandbox.start()
+        self.sandbox.wait_ready()
+        for _ in range(self.options.workers):
+            self.start_worker()
+        self.api = self._process("api", "api", ready_url=f"{api_url}/healthz")
+        self.api.start()
+        self.api.wait_ready()
+        self._log(f"stack ready in {time.monotonic() - started:.1f}s (data in {self.data_dir})")
+        return self
+
+    def stop(self) -> None:
+        for process in [self.api, *self.workers, self.sandbox]:
+            if process is not None:
+                process.stop(grace=10)
+        self.workers = []
+        if self.temporal is not None:
+            self.temporal.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+        if self._own_dir and not self.options.keep_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "BenchStack":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- handles for chaos ------------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['api']}"
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['sandbox']}"
+
+    def start_worker(self):
+        self._worker_serial += 1
+        log_path = self.logs / f"worker-{self._worker_serial}.log"
+        process = self._process(
+            f"worker-{self._worker_serial}",
+            "worker",
+            ready_check=lambda: log_path.exists() and "workers running" in log_path.read_text(errors="replace"),
+            log_path=log_path,
+        )
+        process.start()
+        process.wait_ready()
+        self.workers.append(process)
+        return process
+
+    def kill_worker(self, index: int = 0) -> int | None:
+        """SIGKILL one worker (no graceful shutdown: in-flight activities are lost mid-way)."""
+        process = self.workers.pop(index)
+        return process.kill()
+
+    def restart_temporal(self, down_s: float = 0.0, *, kill: bool = False) -> None:
+        """Stop (or SIGKILL) the Temporal server and start it again on the same SQLite file."""
+        assert self.temporal is not None
+        self.temporal.kill() if kill else self.temporal.stop()
+        time.sleep(down_s)
+        self.temporal.start()
+
+    def restart_postgres(self, down_s: float = 0.0, *, mode: str = "immediate") -> None:
+        """Stop PostgreSQL (``immediate`` = crash-like, or ``kill`` = SIGKILL) and start it again."""
+        assert self.postgres is not None
+        self.postgres.kill() if mode == "kill" else self.postgres.stop(mode=mode)
+        time.sleep(down_s)
+        self.postgres.start()
+
+    def set_faults(self, **faults: Any) -> dict:
+        response = httpx.put(f"{self.sandbox_url}/sandbox/v1/faults", json=faults, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory of each child process (MB), including its children (the Temporal CLI)."""
+        import psutil
+
+        found: dict[str, float] = {}
+        named = {"api": self.api, "sandbox": self.sandbox, **{p.name: p for p in self.workers}}
+        for name, process in named.items():
+            if process is not None and process.pid:
+                found[name] = _tree_rss(process.pid)
+        if self.temporal is not None and self.temporal.pid:
+            found["temporal"] = _tree_rss(self.temporal.pid)
+        if self.postgres is not None and self.postgres.pid:
+            found["postgres"] = _tree_rss(self.postgres.pid)
+        return found
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _process(self, name: str, command: str, *, log_path: Path | None = None, **ready):
+        from devstack.processes import ManagedProcess
+
+        assert self.settings is not None
+        return ManagedProcess(
+            name,
+            [sys.executable, "-m", "cli.main", command],
+            settings_env(self.settings),
+            log_path or self.logs / f"{name}.log",
+            cwd=ROOT,
+            ready_timeout=60,
+            **ready,
+        )
+
+
+def _tree_rss(pid: int) -> float:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        total = root.memory_info().rss
+        for child in root.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return round(total / 2**20, 1)
+    except psutil.Error:
+        return 0.0
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.5) -> bool:
+    """Poll an async predicate until truthy or ``timeout``; True when it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(interval)
+    return False
