@@ -35,7 +35,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     _require_database(settings)
     configure_logging(settings, process="api")
     port = args.port or settings.api_port
-    uvicorn.run(create_app(settings), host=args.host or settings.api_host, port=port, log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(settings), host=args.host or settings.api_host, port=port, log_config=None, access_log=False,
+        timeout_graceful_shutdown=settings.api_shutdown_grace_s,
+    )
     return 0
 
 
@@ -169,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMAND_MODULES: list[str] = [
     "cli.bench",  # orders bench: load, latency, Temporal cost, baselines
     "cli.chaos",  # orders chaos: faults while a bench runs, then the invariants
+    "cli.replay",  # orders replay, orders history export
+    "cli.retry",  # orders retry ORDER_ID
+    "cli.temporal_admin",  # orders temporal setup
 ]
 
 
@@ -185,4 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m cli.main` runs this file as __main__; go through the importable module so that
+    # the CliError raised by command modules (imported from cli.main) is the one caught here.
+    from cli.main import main as _main
+
+    sys.exit(_main())
