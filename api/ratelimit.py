@@ -138,7 +138,10 @@ class RateLimits:
         item = self._items[name]
         caller = await self._caller_key(scope)
         try:
-            allowed, stats = await asyncio.wait_for(self._hit(item, name, caller), self._settings.rate_limit_timeout_s)
+            # Only a remote storage gets the deadline: in memory, a slow answer means a busy event
+            # loop, not an unreachable storage, and must not switch the limits off.
+            timeout = None if self._settings.rate_limit_storage.startswith(("memory", "async+memory")) else self._settings.rate_limit_timeout_s
+            allowed, stats = await asyncio.wait_for(self._hit(item, name, caller), timeout)
         except (StorageError, OSError, asyncio.TimeoutError) as error:
             log.warning("rate-limit storage unavailable; request let through", route_class=name, error=repr(error))
             return await self.app(scope, receive, send)

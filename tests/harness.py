@@ -115,6 +115,10 @@ def test_settings(database_url: str, **overrides) -> Settings:
         sandbox_delivery_delay_s=1.0,
         sandbox_slow_delay_s=6.0,
         log_json=True,
+        # Load tests submit hundreds of orders as one customer; rate-limit tests set their own budgets.
+        rate_limit_submit="100000/minute",
+        rate_limit_read="100000/minute",
+        rate_limit_webhook="100000/minute",
     )
     values.update(overrides)
     return Settings(**values)
