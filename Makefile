@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test test-slow install clean
+.PHONY: dev test test-slow install clean browser
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -18,7 +18,12 @@ install: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/orders dev
 
-test: $(STAMP)
+# Chromium (apt) and playwright-core (npm) for tests/browser; where they cannot be installed the
+# browser test skips and says why, so a failure here does not stop the suite.
+browser:
+	-@sh scripts/install-browser.sh
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)
