@@ -11,6 +11,7 @@ from temporalio.client import Client
 
 from api.errors import install_error_handlers
 from api.middleware import RequestGuards
+from api.observability import install_observability
 from api.openapi import install_openapi
 from api.ratelimit import RateLimits
 from api.routes import carrier, catalog, codec, health, orders
@@ -60,4 +61,5 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
         app.include_router(router)
     app.add_middleware(RateLimits, settings=settings)  # inside RequestGuards: 429s carry the request id
     app.add_middleware(RequestGuards, max_body_bytes=settings.max_body_bytes)
+    install_observability(app, settings)  # outermost: counts every answer, also the guards'
     return app

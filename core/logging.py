@@ -11,12 +11,14 @@ import sys
 import structlog
 
 from core.config import Settings
+from core.observability import quiet_temporal_log_messages, temporal_log_context
 
 
 def configure_logging(settings: Settings, *, process: str) -> None:
     as_json = settings.log_json if settings.log_json is not None else not sys.stdout.isatty()
     shared = [
         structlog.contextvars.merge_contextvars,
+        temporal_log_context,  # workflow/activity ids from workflow.logger and activity.logger
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -45,3 +47,4 @@ def configure_logging(settings: Settings, *, process: str) -> None:
     for noisy in ("httpx", "httpcore", "uvicorn.access", "sqlalchemy.engine"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.contextvars.bind_contextvars(process=process)
+    quiet_temporal_log_messages()

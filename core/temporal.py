@@ -12,6 +12,8 @@ from temporalio.service import RetryConfig, TLSConfig
 
 from core.codec import EncryptionCodec, parse_keys
 from core.config import Settings
+from core.metrics import worker_runtime
+from core.tracing import client_interceptors
 
 
 
@@ -35,7 +37,7 @@ def data_converter(settings: Settings) -> DataConverter:
 
 def _tls(settings: Settings) -> TLSConfig | bool:
     if not settings.temporal_tls:
-        return False
+        return bool(settings.temporal_api_key)  # API keys (Temporal Cloud) are only sent over TLS
 
     def read(path):
         return path.read_bytes() if path else None
@@ -47,11 +49,12 @@ def _tls(settings: Settings) -> TLSConfig | bool:
     )
 
 
-async def connect_client(settings: Settings, *, lazy: bool = False) -> Client:
+async def connect_client(settings: Settings, *, lazy: bool = False, for_worker: bool = False) -> Client:
     """Connect to Temporal with the platform's data converter.
 
     ``lazy=True`` returns at once and connects on first use, so a gateway can start (and answer
-    503 from ``/readyz``) while Temporal is still down.
+    503 from ``/readyz``) while Temporal is still down. ``for_worker=True`` serves the SDK's
+    Prometheus metrics on ``ORDERS_WORKER_METRICS_PORT`` (when set).
     """
     return await Client.connect(
         settings.temporal_address,
@@ -60,6 +63,8 @@ async def connect_client(settings: Settings, *, lazy: bool = False) -> Client:
         tls=_tls(settings),
         api_key=settings.temporal_api_key,
         lazy=lazy,
+        interceptors=client_interceptors(),
+        runtime=worker_runtime(settings) if for_worker else None,
         retry_config=RetryConfig(max_retries=3, max_elapsed_time_millis=int(settings.temporal_rpc_timeout_s * 1000)),
     )
 

@@ -54,7 +54,7 @@ with workflow.unsafe.imports_passed_through():
         provider_key,
     )
     from core.search_attributes import order_search_attribute_updates
-    from workflows import policies
+    from workflows import policies, telemetry
 
 # Workflows started before search attributes existed must replay without the upsert commands;
 # see docs/workflow-versioning.md for when this can become deprecate_patch and then go away.
@@ -253,7 +253,7 @@ class OrderWorkflow:
     async def _compensate(self) -> None:
         while self._compensations:
             name, compensation = self._compensations.pop()
-            workflow.logger.info("compensating: %s", name)
+            telemetry.compensating(name)
             self._step(f"Compensating: {name}")
             await compensation()
 
@@ -396,6 +396,7 @@ class OrderWorkflow:
         self._view.failure_reason = reason
         self._view.updated_at = now
         self._view.history.append(StatusChange(status=status, at=now, note=note))
+        telemetry.status_changed(self._order, status, reason)
         self._publish(note)
         await self._project()
 
