@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     payments_max_per_second: float = 50.0
     shipping_max_per_second: float = 50.0
     worker_shutdown_grace_s: float = 30.0
+    # Prometheus endpoint of the Temporal SDK runtime in worker processes (SDK and business metrics);
+    # None: no endpoint. Gateways serve their metrics on /metrics instead.
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "0.0.0.0"
     # Worker tuning (see docs/performance.md for the measurements behind the defaults). None keeps
     # the Temporal SDK's default.
     worker_max_concurrent_workflow_tasks: int | None = None
@@ -108,6 +112,17 @@ class Settings(BaseSettings):
     # Logging.
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON unless stdout is a terminal
+
+    # Observability. Tracing is exported over OTLP/HTTP only when an endpoint is set
+    # (e.g. http://otel-collector:4318); without one, tracing calls are no-ops.
+    otlp_endpoint: str | None = None
+    otlp_headers: dict[str, str] = {}
+    service_name: str = "orders"
+    metrics_enabled: bool = True  # /metrics on the gateway
+    api_shutdown_grace_s: float = 20.0  # in-flight HTTP requests may finish within this on SIGTERM
+    # An order is "stuck" when it has not moved for this long (waiting statuses: past their own
+    # deadline plus this); the gateway reports stuck orders from the read model on /metrics.
+    stuck_order_after_s: float = 900.0
 
     @field_validator("environment")
     @classmethod

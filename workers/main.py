@@ -18,7 +18,9 @@ from temporalio.worker import Worker
 from activities.http import provider_client
 from core.config import Settings
 from core.db.engine import create_engine
+from core.observability import worker_interceptors
 from core.temporal import connect_client
+from core.tracing import configure_tracing
 from workers.registry import queue_specs
 
 log = structlog.get_logger(__name__)
@@ -62,6 +64,7 @@ def build_workers(
                 activities=list(spec.activities),
                 max_task_queue_activities_per_second=spec.max_activities_per_second,
                 graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_s),
+                interceptors=worker_interceptors(),
                 **worker_tuning(settings),
             )
         )
@@ -78,11 +81,12 @@ async def run_workers(settings: Settings, concerns: Iterable[str] | None = None)
         engine = create_engine(settings)
         stack.push_async_callback(engine.dispose)
         http = await stack.enter_async_context(provider_client(settings))
-        client = await connect_client(settings)
+        configure_tracing(settings, process="worker")
+        client = await connect_client(settings, for_worker=True)
         workers = build_workers(client, settings, engine, http, concerns=concerns)
         for worker in workers:
             await stack.enter_async_context(worker)
-        log.info("workers running", task_queues=[w.task_queue for w in workers])
+        log.info("workers running", task_queues=[w.task_queue for w in workers], metrics_port=settings.worker_metrics_port)
         await stop.wait()
         log.info("shutting down workers, letting in-flight activities finish")
     log.info("workers stopped")
