@@ -109,6 +109,15 @@ class Settings(BaseSettings):
     sandbox_timeout_rate: float = 0.0
     sandbox_latency_ms: int = 0
 
+    # Payload encryption (core/codec.py): kid:base64 keys, all accepted for decryption; new
+    # payloads use the active one. The codec endpoint (/codec) serves the Temporal UI.
+    codec_keys: str = DEV_CODEC_KEYS
+    codec_active_key: str = "dev-2026"
+    codec_cors_origins: list[str] = ["http://127.0.0.1:8233", "http://localhost:8233"]
+    # The dev UI (`temporal server start-dev --ui-codec-endpoint`) sends no credentials: allow
+    # anonymous codec calls from loopback addresses. Ignored in production (always authenticated).
+    codec_allow_local_anonymous: bool = True
+
     # Logging.
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON unless stdout is a terminal
@@ -132,15 +141,6 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    # Payload encryption (core/codec.py): kid:base64 keys, all accepted for decryption; new
-    # payloads use the active one. The codec endpoint (/codec) serves the Temporal UI.
-    codec_keys: str = DEV_CODEC_KEYS
-    codec_active_key: str = "dev-2026"
-    codec_cors_origins: list[str] = ["http://127.0.0.1:8233", "http://localhost:8233"]
-    # The dev UI (`temporal server start-dev --ui-codec-endpoint`) sends no credentials: allow
-    # anonymous codec calls from loopback addresses. Ignored in production (always authenticated).
-    codec_allow_local_anonymous: bool = True
-
     def _no_default_secrets_in_production(self) -> "Settings":
         if self.environment == "production":
             if self.jwt_secret == DEV_JWT_SECRET and not self.jwt_jwks_url:
