@@ -1,5 +1,5 @@
 """Baseline (a) of `orders bench`: a bare Temporal workflow with the same number of activities,
-local activities, timers and signals as an order, doing no I/O, on the same server.
+local activities, search-attribute upserts, timers and signals as an order, doing no I/O, on the same server.
 
 It measures the engine's own limit on this machine, so the platform's throughput can be read as a
 ratio of it. The worker runs in its own process, as the platform's does:
@@ -17,6 +17,7 @@ from datetime import timedelta
 
 from temporalio import activity, workflow
 from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
 from temporalio.worker import Worker
 
 BARE_WORKFLOW = "BareOrderShape"
@@ -27,6 +28,7 @@ class BareInput:
     activities: int = 5
     local_activities: int = 5
     signals: int = 3
+    upserts: int = 0  # search-attribute upserts (OrderStatus), as the order workflow does per transition
 
 
 @activity.defn(name="bare_noop")
@@ -41,7 +43,9 @@ class BareOrderShape:
 
     @workflow.run
     async def run(self, shape: BareInput) -> int:
-        for step in range(max(shape.activities, shape.local_activities)):
+        for step in range(max(shape.activities, shape.local_activities, shape.upserts)):
+            if step < shape.upserts:
+                workflow.upsert_search_attributes([SearchAttributeKey.for_keyword("OrderStatus").value_set(f"step-{step}")])
             if step < shape.local_activities:
                 await workflow.execute_local_activity(bare_noop, step, start_to_close_timeout=timedelta(seconds=10))
             if step < shape.activities:

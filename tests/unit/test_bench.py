@@ -1,0 +1,40 @@
+"""The load generator's guard rails and the bench's arithmetic (no servers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.bench import percentile, summarize
+from cli.loadgen import ROUTE_SUBMIT, LoadResult, OrderOutcome, Sample, require_loopback
+
+
+def test_load_goes_to_this_machine_only():
+    assert require_loopback("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
+    assert require_loopback("http://localhost:8000") == "http://localhost:8000"
+    for url in ("http://10.0.0.5:8000", "https://api.example.com", "http://127.0.0.1.example.com"):
+        with pytest.raises(ValueError, match="only 127.0.0.1"):
+            require_loopback(url)
+
+
+def test_summary_counts_rates_statuses_and_the_forbidden_5xx():
+    result = LoadResult(started=0, duration_s=10.0, drain_s=1.0)
+    result.samples = [
+        Sample(0.1, ROUTE_SUBMIT, 202, 0.010),
+        Sample(0.2, ROUTE_SUBMIT, 503, 0.020, retry_after=True),  # shedding load: allowed
+        Sample(0.3, ROUTE_SUBMIT, 500, 0.030),  # never allowed
+        Sample(0.4, ROUTE_SUBMIT, 0, 15.0),  # no answer
+    ]
+    result.orders = [
+        OrderOutcome("ok", "k1", "c", 0.1, order_id="a", accepted_at=0.2, ended_at=3.0, status="completed", server_latency_s=2.0, shipped_latency_s=1.0),
+        OrderOutcome("decline", "k2", "c", 0.1, order_id="b", accepted_at=0.3, ended_at=12.0, status="rejected", failure_reason="payment_declined"),
+        OrderOutcome("ok", "k3", "c", 0.1, order_id="c", accepted_at=0.3, last_status="shipped"),
+        OrderOutcome("ok", "k4", "c", 0.1),
+    ]
+    summary = summarize(result)
+    assert summary["orders_accepted"] == 3 and summary["orders_unfinished"] == 1
+    assert summary["unfinished_by_last_status"] == {"shipped": 1}
+    assert summary["accepted_per_s"] == 0.3 and summary["ended_per_s"] == 0.1 and summary["completed_per_s"] == 0.1
+    assert summary["http_5xx_not_503_with_retry_after"] == 1 and summary["no_answer"] == 1
+    assert summary["outcomes"] == {"completed": 1, "rejected/payment_declined": 1}
+    assert summary["submit_to_completed_ms"]["p50"] == 2000.0
+    assert percentile([], 0.5) is None and percentile([3, 1, 2], 0.5) == 2
