@@ -1,5 +1,6 @@
-"""The order's custom search attributes: one definition for the workflow, the gateway, `orders dev`,
-`orders temporal setup` and the tests.
+"""How an order appears in the Temporal UI: its custom search attributes (one definition for the
+workflow, the gateway, `orders dev`, `orders temporal setup` and the tests) and its static summary
+and details.
 
 Imports only ``temporalio`` and ``core.domain`` so the workflow may use it. Search attributes are
 never encrypted: they hold ids, statuses and amounts, never personal data.
