@@ -161,15 +161,6 @@ class Settings(BaseSettings):
             raise ValueError("without ORDERS_JWT_JWKS_URL only HS* algorithms (shared secret) are allowed")
         return self
 
-    @property
-    def effective_sandbox_database_url(self) -> str:
-        return self.sandbox_database_url or self.database_url
-
-
-@lru_cache
-def get_settings() -> Settings:
-    """The process-wide settings, read from the environment once."""
-    return Settings()
     @model_validator(mode="after")
     def _codec_keys_usable(self) -> "Settings":
         from core.codec import parse_keys  # validates format and length; the message is the error
@@ -182,3 +173,12 @@ def get_settings() -> Settings:
                 raise ValueError("ORDERS_CODEC_KEYS must not contain the development key in production")
         return self
 
+    @property
+    def effective_sandbox_database_url(self) -> str:
+        return self.sandbox_database_url or self.database_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()
