@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test test-slow install clean browser
+.PHONY: dev test test-slow install clean browser test-tools
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -23,7 +23,11 @@ dev: $(STAMP)
 browser:
 	-@sh scripts/install-browser.sh
 
-test: $(STAMP) browser
+# promtool (apt) for the alert-rule test; skipped with a message where it cannot be installed.
+test-tools:
+	-@sh scripts/install-test-tools.sh
+
+test: $(STAMP) browser test-tools
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)
