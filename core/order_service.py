@@ -38,7 +38,6 @@ from core.db.tables import order_events, orders
 from core.search_attributes import order_search_attributes, order_static_details, order_static_summary
 from core.domain import (
     ORDER_WORKFLOW,
-    QUERY_ORDER,
     SIGNAL_CARRIER_EVENT,
     UPDATE_CANCEL,
     UPDATE_REVIEW,
@@ -253,15 +252,6 @@ class OrderService:
             return await self._read_model.list(limit=limit, cursor=cursor, customer_id=owner, status=status)
         except DB_ERRORS as error:
             raise DependencyUnavailable("database") from error
-
-    async def live(self, caller: Caller, order_id: uuid.UUID) -> OrderView:
-        """The order as the workflow knows it right now (needs a running worker)."""
-        await self.get(caller, order_id)
-        handle = self._client.get_workflow_handle(order_workflow_id(order_id))
-        try:
-            return await self._temporal(handle.query(QUERY_ORDER, result_type=OrderView, rpc_timeout=self._rpc_timeout))
-        except RPCError as error:
-            raise DependencyUnavailable("workflow service") from error
 
     # --- actions on an order ----------------------------------------------------------------------
 
