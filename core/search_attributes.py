@@ -49,6 +49,14 @@ def order_search_attribute_updates(
     return [pair.key.value_set(pair.value) for pair in order_search_attributes(status, customer_id, total, reason)]
 
 
+def order_status_search_attribute_updates(status: OrderStatus, reason: FailureReason | None = None) -> list[SearchAttributeUpdate]:
+    """Only what a transition changes: the status, and the failure reason once there is one."""
+    updates = [ORDER_STATUS.value_set(status.value)]
+    if reason is not None:
+        updates.append(FAILURE_REASON.value_set(reason.value))
+    return updates
+
+
 async def ensure_search_attributes(client: Client, namespace: str, *, timeout_s: float = 10.0) -> list[str]:
     """Register the attributes that are missing in ``namespace``; returns the names added.
 

@@ -40,8 +40,20 @@ async def test_the_same_change_without_its_patch_is_caught(monkeypatch):
     """Upserting search attributes unconditionally would break every order started before them."""
     from temporalio import workflow
 
-    monkeypatch.setattr(workflow, "patched", lambda patch_id: True)
+    from workflows.order import PATCH_SEARCH_ATTRIBUTES
+
+    monkeypatch.setattr(workflow, "patched", lambda patch_id: patch_id == PATCH_SEARCH_ATTRIBUTES)
     initial = GOLDEN / "2026-11-25-initial" / "happy.json"
     [outcome] = await replay(Settings(environment="test"), [load_history_file(initial)])
     assert not outcome.ok and outcome.nondeterministic, outcome
     assert "UpsertWorkflowSearchAttributes" in outcome.detail
+
+
+async def test_skipping_the_received_projection_without_its_patch_is_caught(monkeypatch):
+    """Orders started before the change projected and upserted `received`; they must keep doing so."""
+    from temporalio import workflow
+
+    monkeypatch.setattr(workflow, "patched", lambda patch_id: True)
+    before = GOLDEN / "2026-11-25-search-attributes" / "happy.json"
+    [outcome] = await replay(Settings(environment="test"), [load_history_file(before)])
+    assert not outcome.ok and outcome.nondeterministic, outcome

@@ -20,7 +20,10 @@ def test_replaying_compatible_histories_exits_zero(capsys):
 def test_a_nondeterministic_history_is_named_with_its_mismatch_and_exits_one(capsys, monkeypatch):
     from temporalio import workflow
 
-    monkeypatch.setattr(workflow, "patched", lambda patch_id: True)  # as if the patch were forgotten
+    from workflows.order import PATCH_SEARCH_ATTRIBUTES
+
+    # As if the search-attributes patch were forgotten (the later patches stay off for this history).
+    monkeypatch.setattr(workflow, "patched", lambda patch_id: patch_id == PATCH_SEARCH_ATTRIBUTES)
     assert main(["replay", "--file", str(INITIAL / "happy.json")]) == 1
     out = capsys.readouterr().out
     assert "NONDETERMINISTIC" in out and "UpsertWorkflowSearchAttributes" in out and "0 ok, 1 not ok" in out
