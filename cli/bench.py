@@ -511,6 +511,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         settings=_parse_pairs(args.set, "--set"),
         temporal_dynamic_config=_parse_pairs(args.temporal_config, "--temporal-config"),
         keep_data=args.keep_data,
+        database_server_url=getattr(args, "database_url", None),  # not an option of `orders chaos`
     )
     with BenchStack(options, log=_say) as stack:
 
@@ -536,9 +537,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CliError("give either --rate (open loop) or --concurrency (closed loop), not both")
     if args.rate is None and args.concurrency is None:
         args.concurrency = 32
-    if args.url:
+    if args.url and args.database_url:
+        raise CliError("--database-url is for the bench's own stack; with --url the running stack's database is used")
+    for url in filter(None, (args.url, args.database_url)):
         try:
-            require_loopback(args.url)
+            require_loopback(url)
         except ValueError as error:
             raise CliError(str(error)) from error
     if args.duration > 3600 or args.max_orders > 1_000_000:
@@ -588,6 +591,12 @@ def register(subparsers) -> None:
     load.add_argument("--rate", type=float, default=None, help="open loop: orders per second")
     load.add_argument("--concurrency", type=int, default=None, help="closed loop: orders in flight (default 32)")
     add_load_options(bench)
+    bench.add_argument(
+        "--database-url",
+        default=None,
+        metavar="postgresql://USER@127.0.0.1:5432",
+        help="use this PostgreSQL server (a fresh database is created on it) instead of an embedded one",
+    )
     bench.add_argument("--no-baselines", dest="baselines", action="store_false", help="skip the bare-engine and direct baselines")
     bench.add_argument("--baseline-duration", type=float, default=20.0, help="seconds per baseline (default 20)")
     bench.add_argument("--half-rate-check", action="store_true", help="then run open loop at half the measured rate (the latency target)")

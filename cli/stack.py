@@ -56,6 +56,9 @@ class StackOptions:
     settings: Mapping[str, Any] = field(default_factory=dict)  # Settings overrides
     temporal_dynamic_config: Mapping[str, Any] = field(default_factory=dict)
     data_dir: Path | None = None  # default: a fresh temporary folder, removed afterwards
+    # An existing PostgreSQL server (e.g. postgresql://postgres@127.0.0.1:5432) instead of the
+    # embedded one: a fresh database is created on it for this stack and left there afterwards.
+    database_server_url: str | None = None
     keep_data: bool = False
 
 
@@ -91,17 +94,21 @@ class BenchStack:
         from devstack.temporal import TemporalDevServer
 
         started = time.monotonic()
-        self.postgres = EmbeddedPostgres(
-            self.data_dir / "postgres",
-            port=self.ports["postgres"],
-            log_path=self.logs / "postgres.log",
-            # Durable commits: a SIGKILLed server must not lose an accepted order. More connections
-            # than the default 100: gateway, sandbox and each worker hold a pool of 20.
-            settings={"synchronous_commit": "on", "max_connections": 200},
-        )
-        self.postgres.start()
-        self.postgres.ensure_database("orders")
-        database_url = self.postgres.url("orders")
+        if self.options.database_server_url:
+            database_url = _fresh_database(self.options.database_server_url)
+            self._log(f"using database {database_url}")
+        else:
+            self.postgres = EmbeddedPostgres(
+                self.data_dir / "postgres",
+                port=self.ports["postgres"],
+                log_path=self.logs / "postgres.log",
+                # Durable commits: a SIGKILLed server must not lose an accepted order. More connections
+                # than the default 100: gateway, sandbox and each worker hold a pool of 20.
+                settings={"synchronous_commit": "on", "max_connections": 200},
+            )
+            self.postgres.start()
+            self.postgres.ensure_database("orders")
+            database_url = self.postgres.url("orders")
         upgrade(database_url)
         self.temporal = TemporalDevServer(
             self.data_dir / "temporal.db",
@@ -199,7 +206,8 @@ class BenchStack:
 
     def restart_postgres(self, down_s: float = 0.0, *, mode: str = "immediate") -> None:
         """Stop PostgreSQL (``immediate`` = crash-like, or ``kill`` = SIGKILL) and start it again."""
-        assert self.postgres is not None
+        if self.postgres is None:
+            raise RuntimeError("PostgreSQL is an outside server here (--database-url): not restarting it")
         self.postgres.kill() if mode == "kill" else self.postgres.stop(mode=mode)
         time.sleep(down_s)
         self.postgres.start()
@@ -239,6 +247,27 @@ class BenchStack:
             ready_timeout=60,
             **ready,
         )
+
+
+def _fresh_database(server_url: str) -> str:
+    """Create ``orders_bench_<random>`` on the server at ``server_url``; its SQLAlchemy URL."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    parts = urlsplit(server_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    name = f"orders_bench_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return urlunsplit(parts._replace(scheme="postgresql+asyncpg", path=f"/{name}"))
 
 
 def _tree_rss(pid: int) -> float:

@@ -38,3 +38,10 @@ def test_summary_counts_rates_statuses_and_the_forbidden_5xx():
     assert summary["outcomes"] == {"completed": 1, "rejected/payment_declined": 1}
     assert summary["submit_to_completed_ms"]["p50"] == 2000.0
     assert percentile([], 0.5) is None and percentile([3, 1, 2], 0.5) == 2
+
+
+def test_an_outside_database_must_be_on_this_machine_too(capsys):
+    from cli.main import main
+
+    assert main(["bench", "--database-url", "postgresql://postgres@db.example.com:5432", "--duration", "1"]) == 2
+    assert "only 127.0.0.1" in capsys.readouterr().err
