@@ -45,3 +45,19 @@ def test_an_outside_database_must_be_on_this_machine_too(capsys):
 
     assert main(["bench", "--database-url", "postgresql://postgres@db.example.com:5432", "--duration", "1"]) == 2
     assert "only 127.0.0.1" in capsys.readouterr().err
+
+
+def test_actions_are_counted_as_cloud_bills_them():
+    """Patch markers are no local activities and the SDK's TemporalChangeVersion upsert is exempt."""
+    import json
+    from pathlib import Path
+
+    from temporalio.client import WorkflowHistory
+
+    from cli.bench import count_actions
+
+    golden = Path(__file__).resolve().parents[1] / "golden"
+    history = WorkflowHistory.from_json("happy", json.loads((golden / "2026-11-25-skip-received" / "happy.json").read_text()))
+    counted = count_actions(history.events)
+    # start + 5 activities + 4 projection tasks + 1 delivery signal + 4 status upserts
+    assert (counted["actions"], counted["local_activity_batches"], counted["upserts"]) == (15, 4, 4)
