@@ -239,7 +239,7 @@ async def run_load(url, settings, catalogue, args, *, rate=None, concurrency=Non
 
 async def bare_engine_baseline(stack, client, shape: dict, *, concurrency: int, duration: float) -> dict:
     from cli.bare_engine import BareInput, drive
-    from cli.stack import settings_env
+    from core.config import settings_env
     from devstack.processes import ManagedProcess
 
     queue = f"bare-{uuid.uuid4().hex[:6]}"
@@ -267,7 +267,7 @@ async def direct_baseline(stack, catalogue: Catalogue, *, concurrency: int, dura
     import httpx
 
     from cli.loadgen import ADDRESS
-    from cli.stack import settings_env
+    from core.config import settings_env
     from devstack.processes import ManagedProcess, free_port
 
     port = free_port()

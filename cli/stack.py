@@ -9,7 +9,6 @@ overrides), and PostgreSQL running with ``synchronous_commit=on`` so a crash los
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from core.config import Settings
+from core.config import Settings, settings_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_ATTRIBUTES = {"OrderStatus": "Keyword", "CustomerId": "Keyword", "OrderTotal": "Int", "FailureReason": "Keyword"}
@@ -38,16 +37,6 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "log_json": True,
     "log_level": "INFO",  # the worker says "workers running" at INFO; the stack waits for it
 }
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child process exactly these settings."""
-    env = {}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        env[f"ORDERS_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
-    return env
 
 
 @dataclass

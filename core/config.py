@@ -5,6 +5,7 @@ Nothing is built at import time: composition roots call :func:`get_settings`.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -176,6 +177,16 @@ class Settings(BaseSettings):
     @property
     def effective_sandbox_database_url(self) -> str:
         return self.sandbox_database_url or self.database_url
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process exactly these settings."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        env[f"ORDERS_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+    return env
 
 
 @lru_cache

@@ -8,7 +8,6 @@ suite against an existing PostgreSQL instead of the embedded one.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import uuid
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from core.config import Settings
+from core.config import Settings, settings_env
 from devstack.postgres import EmbeddedPostgres
 from devstack.processes import ManagedProcess, free_port
 
@@ -56,16 +55,6 @@ async def drop_database(admin_dsn: str, name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child process exactly these settings."""
-    env = {}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        env[f"ORDERS_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
-    return env
 
 
 def start_worker(settings: Settings, log_dir: Path) -> ManagedProcess:
