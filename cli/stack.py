@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 
 from core.config import Settings, settings_env
+from core.search_attributes import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parents[1]
-SEARCH_ATTRIBUTES = {"OrderStatus": "Keyword", "CustomerId": "Keyword", "OrderTotal": "Int", "FailureReason": "Keyword"}
 
 # Settings every bench stack uses unless overridden: rate limits far above what 2 cores can drive
 # (the bench measures the platform, not the limiter), a short carrier delivery delay so orders end
