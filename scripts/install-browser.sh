@@ -5,21 +5,9 @@
 set -eu
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 BROWSER_DIR="$HERE/tests/browser"
+. "$HERE/scripts/apt-install.sh"
 
-if ! command -v chromium >/dev/null 2>&1; then
-    if ! command -v apt-get >/dev/null 2>&1; then
-        echo "install-browser: no chromium and no apt-get on this machine" >&2; exit 1
-    fi
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then
-        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else
-            echo "install-browser: chromium is missing and apt-get needs root (run: sudo apt-get install chromium)" >&2; exit 1
-        fi
-    fi
-    echo "install-browser: installing chromium with apt-get" >&2
-    $SUDO apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
-fi
+command -v chromium >/dev/null 2>&1 || apt_install install-browser chromium chromium
 
 if [ ! -d "$BROWSER_DIR/node_modules/playwright-core" ]; then
     if ! command -v npm >/dev/null 2>&1; then
