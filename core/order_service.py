@@ -333,7 +333,10 @@ class OrderService:
             raise InvalidOrderState(message) from error
         except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
             # Accepted but not finished in time (e.g. compensations still running): show where it is.
-            current = await self._read_model.get(view.id)
+            try:
+                current = await self._read_model.get(view.id)
+            except DB_ERRORS as error:
+                raise DependencyUnavailable("database") from error
             if current is None:
                 raise DependencyUnavailable("workflow service") from None
             current.cancel_requested = current.cancel_requested or name == UPDATE_CANCEL
