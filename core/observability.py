@@ -29,6 +29,7 @@ from temporalio import activity, workflow
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
+from core.domain import order_id_from_workflow_id
 from core.metrics import ORDERS_PAYMENT_RETRIES, ORDERS_PROVIDER_CALLS
 
 log = structlog.get_logger("orders.activity")
@@ -52,9 +53,11 @@ WORKFLOW_EXTRA_FIELDS = ("order_status", "failure_reason", "compensation")
 
 
 def order_id_of(workflow_id: str | None) -> str | None:
-    if workflow_id and workflow_id.startswith("order-"):
-        return workflow_id.removeprefix("order-")
-    return None
+    """The order id of an order workflow's id; None for any other workflow."""
+    try:
+        return str(order_id_from_workflow_id(workflow_id)) if workflow_id else None
+    except ValueError:
+        return None
 
 
 def _context_from_workflow(details: dict[str, Any]) -> dict[str, Any]:

@@ -25,15 +25,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
+from core.db.tables import NAMING_CONVENTION
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 # One row per (scope, Idempotency-Key): claimed as 'running', then 'done' with the stored answer,
 # or 'released' after a transient failure so that a retry may run the request again.
