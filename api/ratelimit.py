@@ -12,6 +12,12 @@ without a valid token, per client IP. ``X-Forwarded-For`` is believed only when 
 ``RateLimit-Policy: "<class>";q=<quota>;w=<window s>`` and ``RateLimit: "<class>";r=<left>;t=<s>``;
 over the budget the answer is 429 with ``Retry-After`` (never earlier than ``t``).
 
+The strategy is the sliding-window counter: two counters per caller and class, the previous
+window's weighted by how much of it still overlaps. It approximates a moving window closely and costs
+O(1) per caller; the moving window's in-memory storage keeps a list of every hit and, on each expiry
+pass, hops to a thread once per caller key — a fifth of the gateway's CPU under load (py-spy, see
+docs/performance.md).
+
 A rate-limit storage that is unreachable or slower than ``ORDERS_RATE_LIMIT_TIMEOUT_S`` fails
 open: the request goes through without the headers and a warning is logged. Limits protect the
 platform; they must not become the reason it refuses orders.
@@ -27,7 +33,7 @@ import time
 
 import structlog
 from limits import RateLimitItem, parse
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
@@ -98,9 +104,9 @@ class RateLimits:
             name: f'"{name}";q={item.amount};w={item.get_expiry()}' for name, item in self._items.items()
         }
         self._proxies = _Proxies(settings.trusted_proxies)
-        self._limiter: MovingWindowRateLimiter | None = None
+        self._limiter: SlidingWindowCounterRateLimiter | None = None
 
-    def _get_limiter(self) -> MovingWindowRateLimiter:
+    def _get_limiter(self) -> SlidingWindowCounterRateLimiter:
         # Built on first use: the storage belongs to the running event loop.
         if self._limiter is None:
             uri = storage_uri(self._settings.rate_limit_storage)
@@ -111,7 +117,7 @@ class RateLimits:
                     implementation="redispy", key_prefix=KEY_PREFIX, wrap_exceptions=True,
                     socket_connect_timeout=timeout, socket_timeout=timeout,
                 )
-            self._limiter = MovingWindowRateLimiter(storage_from_string(uri, **options))
+            self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options))
         return self._limiter
 
     async def _caller_key(self, scope) -> str:
