@@ -17,11 +17,13 @@ _bearer = HTTPBearer(auto_error=False, description="JWT from `orders token` (HS2
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="orders"'}
 
 
-def get_settings_dep(request: Request) -> Settings:
+# Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, one thread hop per
+# request for a dictionary lookup.
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_service(request: Request) -> OrderService:
+async def get_service(request: Request) -> OrderService:
     return request.app.state.service
 
 
