@@ -13,6 +13,7 @@ from api.errors import install_error_handlers
 from api.middleware import RequestGuards
 from api.observability import install_observability
 from api.openapi import install_openapi
+from api.overload import LoadShedding
 from api.ratelimit import RateLimits
 from api.routes import carrier, catalog, codec, health, orders
 from core.config import Settings
@@ -60,6 +61,8 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
     for router in (orders.router, catalog.router, carrier.router, health.router, codec.router):
         app.include_router(router)
     app.add_middleware(RateLimits, settings=settings)  # inside RequestGuards: 429s carry the request id
+    # Before the rate limiter (shedding costs nothing), inside RequestGuards (503s carry the id).
+    app.add_middleware(LoadShedding, max_in_flight=settings.api_max_in_flight, request_timeout_s=settings.api_request_timeout_s)
     app.add_middleware(RequestGuards, max_body_bytes=settings.max_body_bytes)
     install_observability(app, settings)  # outermost: counts every answer, also the guards'
     return app

@@ -29,7 +29,7 @@ _PROBLEM_DEFAULTS: dict[int, tuple[str, str, str]] = {
     415: ("Body is not application/json", "unsupported-media-type", "send the body as application/json"),
     422: ("The request did not validate (see errors), unknown SKU, or Idempotency-Key reused with another body", "validation", "the request did not validate; see errors"),
     429: ("Over the rate limit; retry after Retry-After", QUOTA_EXCEEDED, "at most 100 submit requests per 60 s; retry after 12 s"),
-    503: ("Temporal, the database or the identity provider is unavailable; retry after Retry-After", "unavailable", "database is unavailable, retry later"),
+    503: ("Overloaded, timed out, or Temporal, the database or the identity provider is unavailable; retry after Retry-After", "unavailable", "database is unavailable, retry later"),
 }
 _TITLES = {400: "Idempotency-Key required", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Order state conflict",
            413: "Body too large", 415: "Unsupported media type", 422: "Invalid request", 429: "Too many requests", 503: "Service unavailable"}

@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     rate_limit_submit: str = "100/minute"
     rate_limit_read: str = "600/minute"
     rate_limit_webhook: str = "1200/minute"
+    # Load shedding per gateway process (api/overload.py): requests handled at once, and the time
+    # after which a request is answered 503 + Retry-After (its handler still finishes).
+    api_max_in_flight: int = Field(200, ge=1)
+    api_request_timeout_s: float = Field(10.0, gt=0)
     rate_limit_timeout_s: float = 0.5  # a slower or unreachable storage lets the request through
     # Peers whose X-Forwarded-For is believed (IP addresses or CIDR ranges); others count by peer IP.
     trusted_proxies: list[str] = []

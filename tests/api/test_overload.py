@@ -70,3 +70,64 @@ async def test_database_stopped_is_503_never_500_and_never_hangs(gateway_client,
             await own_engine.dispose()
     finally:
         await asyncio.to_thread(server.stop)
+
+
+def _slow_route(app, gate: asyncio.Event, entered: list, finished: list) -> None:
+    """A route that holds its request until ``gate`` opens (stands in for a slow dependency)."""
+
+    async def slow() -> dict:
+        entered.append(time.monotonic())
+        await gate.wait()
+        finished.append(time.monotonic())
+        return {"ok": True}
+
+    app.add_api_route("/v1/slow", slow, methods=["GET"])
+
+
+async def test_more_requests_than_the_in_flight_limit_are_shed_at_once_with_retry_after(gateway_client, bearer):
+    gate, entered, finished = asyncio.Event(), [], []
+    async with gateway_client(api_max_in_flight=2, app_hook=lambda app: _slow_route(app, gate, entered, finished)) as http:
+        held = [asyncio.create_task(http.get("/v1/slow")) for _ in range(2)]
+        while len(entered) < 2:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        shed = await http.get("/v1/orders", headers=bearer())
+        assert time.monotonic() - started < 2  # refused at the door, not queued
+        body = assert_problem(shed, 503)
+        assert body["type"].endswith("/overloaded")
+        assert shed.headers["retry-after"] == "1"
+        assert len(shed.headers.get_list("x-request-id")) == 1
+        assert (await http.get("/healthz")).status_code == 200  # liveness is never shed
+        gate.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+        assert (await http.get("/v1/orders", headers=bearer())).status_code == 200  # slots freed
+
+
+async def test_a_request_past_the_timeout_gets_503_and_its_handler_still_finishes(gateway_client, bearer):
+    gate, entered, finished = asyncio.Event(), [], []
+    async with gateway_client(api_max_in_flight=1, api_request_timeout_s=0.3, app_hook=lambda app: _slow_route(app, gate, entered, finished)) as http:
+        started = time.monotonic()
+        response = await http.get("/v1/slow")
+        assert time.monotonic() - started < 5
+        body = assert_problem(response, 503)
+        assert body["type"].endswith("/timeout") and "Idempotency-Key" in body["detail"]
+        assert int(response.headers["retry-after"]) >= 1
+        # Not cancelled: the handler keeps its slot until it really ends, so the gateway is still full.
+        assert entered and not finished
+        assert_problem(await http.get("/v1/orders", headers=bearer()), 503)
+        gate.set()
+        while not finished:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert (await http.get("/v1/orders", headers=bearer())).status_code == 200
+
+
+def test_load_shedding_settings_refuse_nonsense():
+    import pytest
+    from pydantic import ValidationError
+
+    from core.config import Settings
+
+    for bad in ({"api_max_in_flight": 0}, {"api_request_timeout_s": 0}):
+        with pytest.raises(ValidationError):
+            Settings(**bad)

@@ -1,0 +1,91 @@
+"""Load shedding: a gateway under more load than it can serve answers fast with 503 + Retry-After
+instead of queueing requests until callers time out.
+
+Two limits per gateway process, both plain ASGI:
+
+* ``ORDERS_API_MAX_IN_FLIGHT`` requests are handled at once; one more is refused at the door
+  (503, ``overloaded``) before any route, database or Temporal work is done for it.
+* ``ORDERS_API_REQUEST_TIMEOUT_S``: a request that has no answer by then gets 503 (``timeout``).
+  The handler is *not* cancelled: a submission past its idempotency claim runs on to its workflow
+  start, so nothing is left half done; its late answer is dropped, and the caller's retry with
+  the same Idempotency-Key gets the order. Its in-flight slot is freed only when it really ends,
+  so detached handlers still count against the limit.
+
+Health, readiness and metrics endpoints are exempt: an orchestrator must see an overloaded gateway
+as alive (and a load balancer reads ``/readyz``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import structlog
+
+from api.middleware import send_problem
+
+log = structlog.get_logger(__name__)
+
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class LoadShedding:
+    def __init__(self, app, *, max_in_flight: int, request_timeout_s: float, retry_after_s: float = 1.0) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        if request_timeout_s <= 0:
+            raise ValueError("request_timeout_s must be positive")
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.request_timeout_s = request_timeout_s
+        self.retry_after = str(max(1, math.ceil(retry_after_s)))
+        self.in_flight = 0
+        self.shed = 0  # refused at the door
+        self.timed_out = 0  # answered 503 after the timeout, handler left to finish
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            return await self.app(scope, receive, send)
+        request_id = scope.get("state", {}).get("request_id", "")
+        if self.in_flight >= self.max_in_flight:
+            self.shed += 1
+            return await send_problem(
+                send, 503, "Overloaded",
+                f"the gateway is handling {self.max_in_flight} requests; retry after {self.retry_after} s",
+                request_id, scope["path"], "overloaded", headers=[(b"retry-after", self.retry_after.encode())], id_header=False,
+            )
+
+        started = False
+        detached = False
+
+        async def guarded_send(message):
+            nonlocal started
+            if detached:
+                return  # the caller already has its 503
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        def release(task: asyncio.Future) -> None:
+            self.in_flight -= 1
+            if detached and not task.cancelled() and task.exception() is not None:
+                log.error("detached request failed after its 503", path=scope["path"], exc_info=task.exception())
+
+        self.in_flight += 1
+        handler = asyncio.ensure_future(self.app(scope, receive, guarded_send))
+        handler.add_done_callback(release)
+        done, _ = await asyncio.wait({handler}, timeout=self.request_timeout_s)
+        if handler in done:
+            return handler.result()  # re-raises the handler's error for the outer middleware
+        if started:
+            # The answer is already streaming; it is not ours to replace. Wait for it.
+            return await handler
+        detached = True
+        self.timed_out += 1
+        log.warning("request timed out; answered 503, handler continues", path=scope["path"], timeout_s=self.request_timeout_s)
+        await send_problem(
+            send, 503, "Request timed out",
+            f"no answer within {self.request_timeout_s:g} s; retry after {self.retry_after} s "
+            "(a submission is safe to retry with the same Idempotency-Key)",
+            request_id, scope["path"], "timeout", headers=[(b"retry-after", self.retry_after.encode())], id_header=False,
+        )
