@@ -226,6 +226,7 @@ async def run_load(url, settings, catalogue, args, *, rate=None, concurrency=Non
         mix=Mix(decline=args.decline, cancel=args.cancel, expensive=args.expensive, reads=args.reads),
         customers=args.customers,
         seed=args.seed,
+        poll_interval_s=args.poll_interval,
         status_line=None if quiet else status_printer(),
         run_id=run_id,
     )
@@ -257,8 +258,18 @@ async def bare_engine_baseline(stack, client, shape: dict, *, concurrency: int, 
     try:
         await asyncio.to_thread(worker.wait_ready)
         bare = BareInput(activities=round(shape.get("activities", 5)), local_activities=round(shape.get("local_activities", 5)), signals=round(shape.get("signals", 3)), upserts=round(shape.get("upserts", 0)))
+        import psutil
+
+        from cli.stack import cpu_per_unit, tree_cpu_seconds
+
+        def cpu() -> dict[str, float]:
+            own = psutil.Process().cpu_times()
+            return {"temporal": tree_cpu_seconds(stack.temporal.pid), "bare worker": tree_cpu_seconds(worker.pid), "load generator": own.user + own.system}
+
+        before, began = cpu(), time.monotonic()
         figures = await drive(client, queue, bare, concurrency=concurrency, duration_s=duration)
-        return {"shape": asdict(bare), "concurrency": concurrency, **figures}
+        usage = cpu_per_unit(before, cpu(), figures["completed"], time.monotonic() - began)
+        return {"shape": asdict(bare), "concurrency": concurrency, **figures, "cpu": usage}
     finally:
         await asyncio.to_thread(worker.stop)
 
@@ -337,6 +348,8 @@ def format_report(report: dict) -> str:
         lines.append(f"submit -> completed p50 {s['submit_to_completed_ms']['p50']} ms  p99 {s['submit_to_completed_ms']['p99']} ms (includes the carrier's delivery delay)")
         lines.append(f"HTTP statuses {s['http_statuses']}  5xx other than 503+Retry-After: {s['http_5xx_not_503_with_retry_after']}")
         lines.append(f"outcomes {s['outcomes']}")
+        if run.get("cpu"):
+            lines.append(_cpu_line("CPU per ended order", run["cpu"]))
     cost = report.get("temporal_per_completed_order")
     if cost and cost.get("sampled"):
         lines.append(
@@ -350,6 +363,8 @@ def format_report(report: dict) -> str:
         if "bare_engine" in base:
             b = base["bare_engine"]
             lines.append(f"bare engine {b['shape']}: {b['completed_per_s']} workflows/s, p50 {b['latency_ms']['p50']} ms, p99 {b['latency_ms']['p99']} ms")
+            if b.get("cpu"):
+                lines.append(_cpu_line("CPU per bare workflow", b["cpu"]))
         if "direct" in base:
             d = base["direct"]
             lines.append(f"direct handler: {d['completed_per_s']} orders/s, p50 {d['latency_ms']['p50']} ms, p99 {d['latency_ms']['p99']} ms")
@@ -362,6 +377,11 @@ def format_report(report: dict) -> str:
     if inv:
         lines.append("\n" + inv["table"])
     return "\n".join(lines)
+
+
+def _cpu_line(title: str, cpu: dict) -> str:
+    parts = ", ".join(f"{name} {value}" for name, value in cpu["cpu_ms_per_unit"].items())
+    return f"{title}: {cpu['cpu_ms_per_unit_total']} ms ({parts}); machine busy {cpu['machine_busy']:.0%}"
 
 
 def write_chart(report: dict, path: Path) -> bool:
@@ -438,9 +458,14 @@ async def _measure(args: argparse.Namespace, stack, url: str, settings, client, 
             samples.append({"t": round(time.monotonic() - began, 1), **(await asyncio.to_thread(stack.rss_mb))})
 
     began = time.monotonic()
+    cpu_before = await asyncio.to_thread(stack.cpu_seconds) if stack is not None else None
     result = await run_load(url, settings, catalogue, args, run_id=run_id, extra=sample_rss, **kwargs)
     summary = summarize(result)
     report["platform"] = {"mode": mode, "summary": summary, "timeline": timeline(result)}
+    if cpu_before is not None:
+        from cli.stack import cpu_per_unit
+
+        report["platform"]["cpu"] = cpu_per_unit(cpu_before, await asyncio.to_thread(stack.cpu_seconds), len(result.ended), time.monotonic() - began)
     accepted_ids = [o.order_id for o in result.accepted]
     completed_ids = [o.order_id for o in result.ended if o.status == "completed"]
     if stack is not None:
@@ -560,6 +585,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise CliError(str(error)) from error
     if args.duration > 3600 or args.max_orders > 1_000_000:
         raise CliError("a bench run is bounded: --duration <= 3600 s and --max-orders <= 1000000")
+    if not 0.05 <= args.poll_interval <= 60:
+        raise CliError("--poll-interval must be between 0.05 and 60 seconds")
     report = run_bench(args)
     print(format_report(report), flush=True)
     if args.json:
@@ -586,6 +613,10 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cancel", type=float, default=0.05, help="share cancelled right after submitting (default 0.05)")
     parser.add_argument("--expensive", type=float, default=0.05, help="share at the review threshold, approved by an operator (default 0.05)")
     parser.add_argument("--reads", type=int, default=1, help="extra list reads per order besides polling (default 1)")
+    parser.add_argument(
+        "--poll-interval", type=float, default=1.0,
+        help="seconds between a client's status reads of its order until it ends (default 1; each read is a GET the gateway serves)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="worker processes of the embedded stack (default 1)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a setting of the embedded stack, e.g. --set worker_max_cached_workflows=2000")

@@ -126,7 +126,7 @@ class LoadGenerator:
         customers: int = 500,
         seed: int = 1,
         request_timeout_s: float = 15.0,
-        poll_interval_s: float = 0.3,
+        poll_interval_s: float = 1.0,
         status_line: Callable[[str], None] | None = None,
         run_id: str | None = None,
     ) -> None:

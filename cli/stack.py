@@ -221,6 +221,24 @@ class BenchStack:
             found["postgres"] = _tree_rss(self.postgres.pid)
         return found
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) used so far by each server, with its children, and by this
+        process (the load generator; its children, the servers, are not counted in it)."""
+        import psutil
+
+        found: dict[str, float] = {}
+        named = {"api": self.api, "sandbox": self.sandbox, **{p.name: p for p in self.workers}}
+        for name, process in named.items():
+            if process is not None and process.pid:
+                found[name] = tree_cpu_seconds(process.pid)
+        if self.temporal is not None and self.temporal.pid:
+            found["temporal"] = tree_cpu_seconds(self.temporal.pid)
+        if self.postgres is not None and self.postgres.pid:
+            found["postgres"] = tree_cpu_seconds(self.postgres.pid)
+        own = psutil.Process().cpu_times()
+        found["load generator"] = own.user + own.system
+        return found
+
     # --- internals ------------------------------------------------------------------------------
 
     def _process(self, name: str, command: str, *, log_path: Path | None = None, **ready):
@@ -257,6 +275,39 @@ def _fresh_database(server_url: str) -> str:
 
     asyncio.run(create())
     return urlunsplit(parts._replace(scheme="postgresql+asyncpg", path=f"/{name}"))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live children (0 when it is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def cpu_per_unit(before: dict[str, float], after: dict[str, float], units: int, elapsed_s: float) -> dict[str, Any]:
+    """CPU milliseconds per unit (ended order, finished workflow) for each process, and the share
+    of the machine the run used (1.0 = every core busy)."""
+    import os
+
+    spent = {name: max(0.0, after[name] - before.get(name, 0.0)) for name in after}
+    total = sum(spent.values())
+    return {
+        "cpu_ms_per_unit": {name: round(1000 * value / units, 1) if units else None for name, value in sorted(spent.items(), key=lambda kv: -kv[1])},
+        "cpu_ms_per_unit_total": round(1000 * total / units, 1) if units else None,
+        "machine_busy": round(total / elapsed_s / (os.cpu_count() or 1), 2) if elapsed_s else None,
+    }
 
 
 def _tree_rss(pid: int) -> float:
