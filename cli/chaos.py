@@ -44,6 +44,7 @@ class ChaosReport:
     faults: list[FaultRecord] = field(default_factory=list)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (name, ok, detail)
     summary: dict[str, Any] = field(default_factory=dict)
+    diagnosis: list[str] = field(default_factory=list)  # what unfinished orders wait on
 
     @property
     def ok(self) -> bool:
@@ -56,6 +57,8 @@ class ChaosReport:
         lines += ["", f"{'invariant checked':60} result  detail", "-" * 90]
         for name, ok, detail in self.checks:
             lines.append(f"{name:60} {'ok' if ok else 'FAIL':6}  {detail}")
+        if self.diagnosis:
+            lines += ["", "unfinished orders, as Temporal describes them:", *self.diagnosis]
         return "\n".join(lines)
 
 
@@ -201,6 +204,9 @@ async def run_chaos(stack, plan: ChaosPlan, *, status_line=None) -> ChaosReport:
     report.checks.append(("6 no 5xx except 503 with Retry-After", bad == 0, f"statuses {summary['http_statuses']}"))
 
     client = await connect_client(settings)
+    if unfinished:
+        # While the servers still run: what each unfinished order waits on, from Temporal itself.
+        report.diagnosis = await diagnose_unfinished(client, unfinished[:10])
     missing = await _missing_from_read_model(settings, accepted)
     report.checks.append(("no lost 202: every accepted order is in the read model", not missing, f"{len(accepted)} checked, missing {missing[:3]}"))
     invariants = await check_invariants(settings, client, accepted, initial_stock)
@@ -208,6 +214,36 @@ async def run_chaos(stack, plan: ChaosPlan, *, status_line=None) -> ChaosReport:
         report.checks.append((check.name, check.ok, f"{check.checked} checked" + (f"; {'; '.join(check.problems[:2])}" if check.problems else "")))
     report.summary["faults"] = [f.__dict__ for f in report.faults]
     return report
+
+
+async def diagnose_unfinished(client, order_ids: list[str]) -> list[str]:
+    """One line per order: workflow status, history length, and each pending activity's state,
+    attempt, schedule/start times and last failure (what an operator would read in the UI)."""
+    from core.domain import order_workflow_id
+
+    lines = []
+    for order_id in order_ids:
+        workflow_id = order_workflow_id(uuid.UUID(order_id))
+        try:
+            described = await client.get_workflow_handle(workflow_id).describe()
+        except Exception as error:  # noqa: BLE001 - a diagnosis must not hide the report
+            lines.append(f"  {workflow_id}: describe failed: {error}")
+            continue
+        raw = described.raw_description
+        pending = []
+        for activity in raw.pending_activities:
+            failure = activity.last_failure.message[:80] if activity.HasField("last_failure") else "-"
+            pending.append(
+                f"{activity.activity_type.name} state={activity.State.Name(activity.state)} attempt={activity.attempt} "
+                f"scheduled={activity.scheduled_time.ToDatetime():%H:%M:%S} "
+                f"last_started={activity.last_started_time.ToDatetime():%H:%M:%S} "
+                f"expires={activity.expiration_time.ToDatetime():%H:%M:%S} last_failure={failure!r}"
+            )
+        lines.append(
+            f"  {workflow_id}: {described.status.name if described.status else '?'}, {described.history_length} events, "
+            f"pending activities: {'; '.join(pending) or 'none'}"
+        )
+    return lines
 
 
 async def _missing_from_read_model(settings, order_ids: list[str]) -> list[str]:
@@ -241,7 +277,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     print(report.table(), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"ok": report.ok, "faults": [f.__dict__ for f in report.faults], "checks": report.checks, "summary": report.summary}, indent=2, default=str))
+        args.json.write_text(json.dumps({"ok": report.ok, "faults": [f.__dict__ for f in report.faults], "checks": report.checks, "summary": report.summary, "diagnosis": report.diagnosis}, indent=2, default=str))
     print(f"\nchaos run {'passed' if report.ok else 'FAILED'}", flush=True)
     return 0 if report.ok else 1
 
