@@ -90,7 +90,10 @@ async def _serve(address: str, task_queue: str) -> None:
     from core.config import get_settings
     from core.temporal import connect_client
 
+    from workers.main import cache_workflow_bytecode
+
     client = await connect_client(get_settings().model_copy(update={"temporal_address": address}))
+    cache_workflow_bytecode([BareOrderShape])  # as the platform's worker does
     async with Worker(client, task_queue=task_queue, workflows=[BareOrderShape], activities=[bare_noop]):
         print("bare worker running", flush=True)
         await asyncio.Event().wait()
