@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlparse
@@ -30,6 +31,8 @@ from core.config import Settings
 from core.tokens import mint_token
 
 TERMINAL = {"completed", "cancelled", "rejected", "failed"}
+POOLS = 50  # connection pools, callers hashed onto them
+CONNECTIONS_PER_POOL = 40
 ADDRESS = {"name": "Bench Customer", "line1": "Unter den Linden 1", "line2": None, "city": "Berlin", "postal_code": "10117", "country": "DE"}
 ROUTE_SUBMIT = "POST /v1/orders"
 ROUTE_GET = "GET /v1/orders/{id}"
@@ -77,6 +80,7 @@ class Sample:
     status: int  # 0: no answer (connection error or client timeout)
     latency_s: float
     retry_after: bool = False
+    error: str | None = None  # for status 0: what went wrong (ReadTimeout, ConnectError, deadline, ...)
 
 
 @dataclass
@@ -102,6 +106,9 @@ class LoadResult:
     drain_s: float | None  # from the end of the load phase until every accepted order ended
     samples: list[Sample] = field(default_factory=list)
     orders: list[OrderOutcome] = field(default_factory=list)
+    # How late the generator's own event loop woke up at worst: when this is seconds, its
+    # latencies and "no answer"s are partly its own doing, not the gateway's.
+    max_loop_lag_s: float = 0.0
 
     @property
     def accepted(self) -> list[OrderOutcome]:
@@ -144,7 +151,7 @@ class LoadGenerator:
         self._status_line = status_line
         self._t0 = time.monotonic()
         self.result = LoadResult(started=time.time(), duration_s=0.0, drain_s=None)
-        self._http: httpx.AsyncClient | None = None
+        self._pools: list[httpx.AsyncClient] = []
         self._stop_submitting = asyncio.Event()
         self._give_up_at = float("inf")
 
@@ -154,12 +161,22 @@ class LoadGenerator:
         """Run the load phase for ``duration_s`` (or ``max_orders``), then wait for accepted orders to end."""
         if (rate is None) == (concurrency is None):
             raise ValueError("give exactly one of rate (open loop) or concurrency (closed loop)")
-        limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=self.request_timeout_s, limits=limits) as http:
-            self._http = http
+        # Connections are not the bottleneck on purpose: a pool that runs out queues requests in the
+        # client, where no load shedding can see them. Real callers arrive on their own connections,
+        # so callers are spread over many small pools (one big httpx pool scans all its connections
+        # for every request: at a few hundred that alone saturated the generator in a spike).
+        # Idle connections are dropped after 2 s, before uvicorn's 5 s keep-alive timeout: otherwise
+        # the server may close one just as a request goes out on it (a "server disconnected" error).
+        limits = httpx.Limits(max_connections=CONNECTIONS_PER_POOL, max_keepalive_connections=CONNECTIONS_PER_POOL, keepalive_expiry=2.0)
+        async with AsyncExitStack() as pools:
+            self._pools = [
+                await pools.enter_async_context(httpx.AsyncClient(base_url=self.base_url, timeout=self.request_timeout_s, limits=limits))
+                for _ in range(POOLS)
+            ]
             self._t0 = time.monotonic()
             self.result = LoadResult(started=time.time(), duration_s=0.0, drain_s=None)
             status = asyncio.create_task(self._print_status())
+            lag = asyncio.create_task(self._watch_loop_lag())
             extra_task = asyncio.ensure_future(extra()) if extra is not None else None
             tasks: set[asyncio.Task] = set()
             budget = max_orders if max_orders is not None else 10**9
@@ -201,7 +218,8 @@ class LoadGenerator:
                 if extra_task is not None:
                     await extra_task
                 status.cancel()
-                await asyncio.gather(status, return_exceptions=True)
+                lag.cancel()
+                await asyncio.gather(status, lag, return_exceptions=True)
                 self._emit(self._line(final=True))
         return self.result
 
@@ -245,7 +263,8 @@ class LoadGenerator:
                     approved = answer is not None and answer.status_code in (200, 409)
                     if approved:
                         continue
-            await asyncio.sleep(self._retry_delay(response) if response is not None and response.status_code in (429, 503) else self.poll_interval_s)
+            shed = response is not None and response.status_code in (429, 503)
+            await asyncio.sleep(max(self._retry_delay(response), self.poll_interval_s) if shed else self.poll_interval_s)
 
     def _record_end(self, outcome: OrderOutcome, view: dict) -> None:
         outcome.status, outcome.failure_reason, outcome.ended_at = view["status"], view.get("failure_reason"), self._now()
@@ -263,12 +282,18 @@ class LoadGenerator:
         return {"Authorization": f"Bearer {self._tokens[customer]}"}
 
     async def _call(self, route: str, method: str, path: str, **kwargs) -> httpx.Response | None:
-        assert self._http is not None
+        assert self._pools, "run() opens the connection pools"
+        caller = (kwargs.get("headers") or {}).get("Authorization", "")
+        http = self._pools[hash(caller) % len(self._pools)]
         started = time.monotonic()
         try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.HTTPError:
-            self.result.samples.append(Sample(started - self._t0, route, 0, time.monotonic() - started))
+            # One deadline for the whole request (httpx's timeouts are per phase: pool, connect,
+            # write and each read could take that long in turn).
+            async with asyncio.timeout(self.request_timeout_s):
+                response = await http.request(method, path, **kwargs)
+        except (httpx.HTTPError, TimeoutError) as error:
+            kind = "deadline" if isinstance(error, TimeoutError) else type(error).__name__
+            self.result.samples.append(Sample(started - self._t0, route, 0, time.monotonic() - started, error=kind))
             return None
         self.result.samples.append(
             Sample(started - self._t0, route, response.status_code, time.monotonic() - started, "Retry-After" in response.headers)
@@ -288,12 +313,15 @@ class LoadGenerator:
             await asyncio.sleep(self._retry_delay(response))
 
     def _retry_delay(self, response: httpx.Response | None) -> float:
+        """Never sooner than Retry-After (it is a minimum), plus jitter so shed callers do not
+        come back in one herd; 0.5 s after a dropped connection."""
         if response is None:
-            return 0.5
+            return 0.5 * self.rng.uniform(1.0, 1.5)
         try:
-            return min(float(response.headers.get("Retry-After", "1")), 10.0) * self.rng.uniform(0.5, 1.0) + 0.05
+            wait = min(float(response.headers.get("Retry-After", "1")), 10.0)
         except ValueError:
-            return 1.0
+            wait = 1.0
+        return wait * self.rng.uniform(1.0, 1.5)
 
     # --- status ---------------------------------------------------------------------------------
 
@@ -321,6 +349,12 @@ class LoadGenerator:
     def _emit(self, line: str) -> None:
         if self._status_line is not None:
             self._status_line(line)
+
+    async def _watch_loop_lag(self, tick_s: float = 0.1) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(tick_s)
+            self.result.max_loop_lag_s = max(self.result.max_loop_lag_s, time.monotonic() - before - tick_s)
 
     async def _print_status(self) -> None:
         while True:

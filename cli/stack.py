@@ -221,6 +221,21 @@ class BenchStack:
             found["postgres"] = _tree_rss(self.postgres.pid)
         return found
 
+    def set_priority(self, niceness: int) -> None:
+        """Run every server of the stack (with its children) at this niceness; 0 is normal. Only
+        raising it needs no privileges, so going back to 0 may be refused and is then left be."""
+        import psutil
+
+        pids = [p.pid for p in (self.api, self.sandbox, *self.workers) if p is not None and p.pid]
+        pids += [s.pid for s in (self.temporal, self.postgres) if s is not None and s.pid]
+        for pid in pids:
+            try:
+                root = psutil.Process(pid)
+                for process in (root, *root.children(recursive=True)):
+                    process.nice(niceness)
+            except psutil.Error:
+                pass
+
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) used so far by each server, with its children, and by this
         process (the load generator; its children, the servers, are not counted in it)."""

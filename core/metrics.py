@@ -39,7 +39,7 @@ ORDERS_PROVIDER_CALLS = "orders_provider_calls"  # counter {activity_type, outco
 ORDERS_PAYMENT_RETRIES = "orders_payment_retries"  # counter {activity_type}: attempts after the first
 
 # Seconds; submission latency SLOs sit around 0.25-1 s, order lead times around seconds to hours.
-HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
 LEAD_TIME_BUCKETS = [1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600]
 
 

@@ -392,3 +392,19 @@ async def test_timeout_fault_answers_504_after_hanging(client: httpx.AsyncClient
     started = time.monotonic()
     response = await post(client, AUTHORIZE, authorize_body(), ref("key"))
     assert response.status_code == 504 and time.monotonic() - started >= 0.2
+
+
+async def test_bench_reads_the_busiest_second_of_provider_calls_from_the_ledger(client: httpx.AsyncClient, settings: Settings) -> None:
+    """The spike report's evidence that workers kept to their caps comes from this ledger query."""
+    from cli.bench import provider_call_peaks
+
+    since = time.time() - 1
+    auth_ids = [await authorized(client) for _ in range(3)]
+    assert (await post(client, f"{AUTHORIZE}/{auth_ids[0]}/capture", {"amount": 1500}, ref("cap"))).status_code == 200
+    assert (await post(client, "/carrier/v1/shipments", shipment_body(), ref("ship"))).status_code == 201
+    peaks = await provider_call_peaks(settings.model_copy(update={"payments_max_per_second": 7}), since, time.time() + 1)
+    assert peaks["payments"]["total"] >= 4 and 1 <= peaks["payments"]["peak_per_s"] <= peaks["payments"]["total"]
+    assert peaks["shipping"]["total"] >= 1
+    assert peaks["payments"]["cap_per_s"] == 7
+    later = await provider_call_peaks(settings, time.time() + 60, time.time() + 61)
+    assert later["payments"] == {"peak_per_s": 0, "total": 0, "cap_per_s": settings.payments_max_per_second}

@@ -22,7 +22,7 @@ def test_summary_counts_rates_statuses_and_the_forbidden_5xx():
         Sample(0.1, ROUTE_SUBMIT, 202, 0.010),
         Sample(0.2, ROUTE_SUBMIT, 503, 0.020, retry_after=True),  # shedding load: allowed
         Sample(0.3, ROUTE_SUBMIT, 500, 0.030),  # never allowed
-        Sample(0.4, ROUTE_SUBMIT, 0, 15.0),  # no answer
+        Sample(0.4, ROUTE_SUBMIT, 0, 15.0, error="deadline"),  # no answer
     ]
     result.orders = [
         OrderOutcome("ok", "k1", "c", 0.1, order_id="a", accepted_at=0.2, ended_at=3.0, status="completed", server_latency_s=2.0, shipped_latency_s=1.0),
@@ -35,6 +35,7 @@ def test_summary_counts_rates_statuses_and_the_forbidden_5xx():
     assert summary["unfinished_by_last_status"] == {"shipped": 1}
     assert summary["accepted_per_s"] == 0.3 and summary["ended_per_s"] == 0.1 and summary["completed_per_s"] == 0.1
     assert summary["http_5xx_not_503_with_retry_after"] == 1 and summary["no_answer"] == 1
+    assert summary["no_answer_by_error"] == {"deadline": 1} and summary["submitted_per_s"] == 0.4
     assert summary["outcomes"] == {"completed": 1, "rejected/payment_declined": 1}
     assert summary["submit_to_completed_ms"]["p50"] == 2000.0
     assert percentile([], 0.5) is None and percentile([3, 1, 2], 0.5) == 2
@@ -61,3 +62,23 @@ def test_actions_are_counted_as_cloud_bills_them():
     counted = count_actions(history.events)
     # start + 5 activities + 4 projection tasks + 1 delivery signal + 4 status upserts
     assert (counted["actions"], counted["local_activity_batches"], counted["upserts"]) == (15, 4, 4)
+
+
+def test_gateway_answer_times_are_differences_of_two_metric_snapshots():
+    from cli.bench import subtract
+
+    before = {"GET /v1/orders/{id}": {"count": 10.0, "within_15s": 10.0}}
+    after = {"GET /v1/orders/{id}": {"count": 25.0, "within_15s": 23.0}, "POST /v1/orders": {"count": 4.0, "within_15s": 4.0}, "GET /healthz": {"count": 3.0, "within_15s": 3.0}}
+    assert subtract(after, before) == {
+        "GET /v1/orders/{id}": {"answered": 15, "over_15s": 2},
+        "POST /v1/orders": {"answered": 4, "over_15s": 0},
+        "GET /healthz": {"answered": 3, "over_15s": 0},
+    }
+    assert subtract(before, before) == {}
+
+
+def test_poll_interval_is_bounded(capsys):
+    from cli.main import main
+
+    assert main(["bench", "--poll-interval", "0", "--duration", "1"]) == 2
+    assert "--poll-interval" in capsys.readouterr().err
