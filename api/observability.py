@@ -107,4 +107,18 @@ def install_observability(app: FastAPI, settings: Settings) -> None:
     configure_tracing(settings, process="api")
     if settings.otlp_endpoint:
         instrument_tracing(app)
-    app.add_middleware(RequestMetrics, metrics=metrics, routes=app.router.routes)
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=_endpoint_routes(app.router.routes))
+
+
+def _endpoint_routes(routes) -> list:
+    """The routes that carry a path template, with included routers opened up: since FastAPI 0.16x
+    ``app.router.routes`` holds one wrapper per included router, and matching a request answered
+    before routing (shed, rate limited, too large) against the wrapper finds no template."""
+    found = []
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None and not hasattr(route, "path"):
+            found.extend(_endpoint_routes(inner))
+        else:
+            found.append(route)
+    return found

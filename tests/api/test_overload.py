@@ -98,6 +98,8 @@ async def test_more_requests_than_the_in_flight_limit_are_shed_at_once_with_retr
         assert shed.headers["retry-after"] == "1"
         assert len(shed.headers.get_list("x-request-id")) == 1
         assert (await http.get("/healthz")).status_code == 200  # liveness is never shed
+        # Counted under the route it was meant for, though it never reached the router.
+        assert 'orders_http_requests_total{method="GET",route="/v1/orders",status="503"} 1.0' in (await http.get("/metrics")).text
         gate.set()
         assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
         assert (await http.get("/v1/orders", headers=bearer())).status_code == 200  # slots freed
