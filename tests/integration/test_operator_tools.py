@@ -107,3 +107,23 @@ async def test_retry_brings_back_a_terminated_order_and_refuses_a_finished_one(a
     assert refused.stderr.startswith("orders: error: ") and "ended as completed" in refused.stderr
     unknown = await orders(it_settings, "retry", "not-a-uuid")
     assert unknown.returncode == 2 and unknown.stderr.startswith("orders: error: not an order id")
+
+
+async def test_chaos_report_says_what_an_unfinished_order_waits_on(api, token, engine, workers, temporal_client):
+    import uuid
+
+    from cli.chaos import diagnose_unfinished
+
+    sku = await new_sku(engine, price=300_000, on_hand=1)  # above the review threshold: the order parks
+    customer = token(random_ref("ursula"))
+    order = (await submit(api, customer, order_body(sku))).json()
+
+    async def awaiting_review():
+        return (await api.get(f"/v1/orders/{order['id']}", headers=auth(customer))).json()["status"] == "awaiting_review"
+
+    await wait_for(awaiting_review, what="awaiting_review")
+    missing = str(uuid.uuid4())
+    parked, unknown = await diagnose_unfinished(temporal_client, [order["id"], missing])
+    assert parked.startswith(f"  order-{order['id']}: RUNNING, ") and "pending activities: none" in parked
+    assert unknown.startswith(f"  order-{missing}: describe failed")
+    await temporal_client.get_workflow_handle(f"order-{order['id']}").terminate("test done")
