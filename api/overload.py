@@ -1,10 +1,14 @@
 """Load shedding: a gateway under more load than it can serve answers fast with 503 + Retry-After
 instead of queueing requests until callers time out.
 
-Two limits per gateway process, both plain ASGI:
+Three limits per gateway process, all plain ASGI:
 
 * ``ORDERS_API_MAX_IN_FLIGHT`` requests are handled at once; one more is refused at the door
   (503, ``overloaded``) before any route, database or Temporal work is done for it.
+* ``ORDERS_API_MAX_EVENT_LOOP_LAG_S``: while the event loop runs that late, new requests are refused
+  the same way. A gateway starved of CPU (a spike on a shared host) may never reach the in-flight
+  cap, yet every request waits in line before it is even read; a cheap 503 lets the loop catch up.
+  The lag is measured by a ticker that runs only while requests are in flight.
 * ``ORDERS_API_REQUEST_TIMEOUT_S``: a request that has no answer by then gets 503 (``timeout``).
   The handler is *not* cancelled: a submission past its idempotency claim runs on to its workflow
   start, so nothing is left half done; its late answer is dropped, and the caller's retry with
@@ -30,7 +34,9 @@ EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class LoadShedding:
-    def __init__(self, app, *, max_in_flight: int, request_timeout_s: float, retry_after_s: float = 1.0) -> None:
+    TICK_S = 0.1
+
+    def __init__(self, app, *, max_in_flight: int, request_timeout_s: float, max_loop_lag_s: float = 1.0, retry_after_s: float = 1.0, on_lag=None) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         if request_timeout_s <= 0:
@@ -39,6 +45,10 @@ class LoadShedding:
         self.max_in_flight = max_in_flight
         self.request_timeout_s = request_timeout_s
         self.retry_after = str(max(1, math.ceil(retry_after_s)))
+        self.max_loop_lag_s = max_loop_lag_s
+        self.loop_lag_s = 0.0  # the latest measured lateness of the event loop
+        self._on_lag = on_lag  # callback(seconds), e.g. a metrics gauge
+        self._ticker: asyncio.Task | None = None
         self.in_flight = 0
         self.shed = 0  # refused at the door
         self.timed_out = 0  # answered 503 after the timeout, handler left to finish
@@ -47,11 +57,16 @@ class LoadShedding:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             return await self.app(scope, receive, send)
         request_id = scope.get("state", {}).get("request_id", "")
-        if self.in_flight >= self.max_in_flight:
+        self._watch_loop_lag()
+        if self.in_flight >= self.max_in_flight or self.loop_lag_s > self.max_loop_lag_s:
             self.shed += 1
+            why = (
+                f"the gateway is handling {self.max_in_flight} requests"
+                if self.in_flight >= self.max_in_flight
+                else f"the gateway is {self.loop_lag_s:.1f} s behind"
+            )
             return await send_problem(
-                send, 503, "Overloaded",
-                f"the gateway is handling {self.max_in_flight} requests; retry after {self.retry_after} s",
+                send, 503, "Overloaded", f"{why}; retry after {self.retry_after} s",
                 request_id, scope["path"], "overloaded", headers=[(b"retry-after", self.retry_after.encode())], id_header=False,
             )
 
@@ -89,3 +104,21 @@ class LoadShedding:
             "(a submission is safe to retry with the same Idempotency-Key)",
             request_id, scope["path"], "timeout", headers=[(b"retry-after", self.retry_after.encode())], id_header=False,
         )
+
+
+    def _watch_loop_lag(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="gateway-loop-lag")
+
+    async def _tick(self) -> None:
+        """Measure how late a short sleep wakes up; stop after a second without requests."""
+        loop = asyncio.get_running_loop()
+        idle_ticks = 0
+        while idle_ticks < 10:
+            before = loop.time()
+            await asyncio.sleep(self.TICK_S)
+            self.loop_lag_s = max(0.0, loop.time() - before - self.TICK_S)
+            if self._on_lag is not None:
+                self._on_lag(self.loop_lag_s)
+            idle_ticks = idle_ticks + 1 if self.in_flight == 0 else 0
+        self.loop_lag_s = 0.0

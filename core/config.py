@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     # after which a request is answered 503 + Retry-After (its handler still finishes).
     api_max_in_flight: int = Field(200, ge=1)
     api_request_timeout_s: float = Field(10.0, gt=0)
+    api_max_event_loop_lag_s: float = Field(1.0, gt=0)  # shed new requests while the loop is this late
     rate_limit_timeout_s: float = 0.5  # a slower or unreachable storage lets the request through
     # Peers whose X-Forwarded-For is believed (IP addresses or CIDR ranges); others count by peer IP.
     trusted_proxies: list[str] = []

@@ -92,6 +92,12 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.loop_lag = Gauge(
+            "orders_gateway_event_loop_lag_seconds",
+            "How late the gateway's event loop last woke up while serving requests (load shedding starts at ORDERS_API_MAX_EVENT_LOOP_LAG_S)",
+            registry=self.registry,
+        )
+
         self.open_orders = Gauge(
             "orders_open", "Orders not yet in a terminal status, from the read model", ["status"], registry=self.registry
         )

@@ -133,3 +133,26 @@ def test_load_shedding_settings_refuse_nonsense():
     for bad in ({"api_max_in_flight": 0}, {"api_request_timeout_s": 0}):
         with pytest.raises(ValidationError):
             Settings(**bad)
+
+
+async def test_a_gateway_whose_event_loop_runs_late_sheds_new_requests_until_it_catches_up(gateway_client, bearer):
+    def add_blocking_route(app):
+        async def hog() -> dict:
+            time.sleep(0.6)  # CPU starvation, as on an overloaded shared host: nothing else runs meanwhile
+            return {"ok": True}
+
+        app.add_api_route("/v1/hog", hog, methods=["GET"])
+
+    async with gateway_client(api_max_event_loop_lag_s=0.3, app_hook=add_blocking_route) as http:
+        alice = bearer()
+        assert (await http.get("/v1/orders", headers=alice)).status_code == 200  # starts the lag ticker
+        assert (await http.get("/v1/hog")).status_code == 200  # the loop stood still for 0.6 s
+        await asyncio.sleep(0.01)  # the ticker wakes up (late) before the next request is read
+        shed = await http.get("/v1/orders", headers=alice)
+        body = assert_problem(shed, 503)
+        assert body["type"].endswith("/overloaded") and "behind" in body["detail"]
+        assert shed.headers["retry-after"] == "1"
+        lag = next(line for line in (await http.get("/metrics")).text.splitlines() if line.startswith("orders_gateway_event_loop_lag_seconds "))
+        assert float(lag.split()[1]) >= 0  # exported for dashboards (its value is the latest tick's)
+        await asyncio.sleep(0.35)  # a few punctual ticks
+        assert (await http.get("/v1/orders", headers=alice)).status_code == 200
