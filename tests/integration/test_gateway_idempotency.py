@@ -184,3 +184,30 @@ async def test_repeated_carrier_events_are_harmless(api, token, engine, workers,
     assert after["status"] == "completed" and after["carrier_events"] == final["carrier_events"]
     async with engine.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(orders).where(orders.c.id == uuid.UUID(order["id"]))) == 1
+
+
+async def test_an_update_no_worker_accepts_in_time_is_a_503_never_a_false_200(engine, it_settings, temporal_client):
+    """Seen in the long chaos run: a review whose start timed out (workers busy after a restart)
+    was answered 200 from the read model, the operator believed it, and the order waited forever."""
+    import pytest
+
+    from core.domain import Address, DependencyUnavailable
+    from core.order_service import Caller, NewOrder
+    from tests.support import ADDRESS
+
+    sku = await new_sku(engine, price=300_000, on_hand=1)
+    # Its workflows go to a task queue that no worker polls: no update can ever be accepted.
+    unattended = it_settings.model_copy(update={"task_queue": f"nobody-{uuid.uuid4().hex[:6]}", "temporal_rpc_timeout_s": 1.0})
+    service = OrderService(unattended, engine, temporal_client)
+    customer = Caller(subject=random_ref("hugo"), role="customer")
+    submitted = await service.submit(customer, "k-1", NewOrder(items=[(sku, 1)], shipping_address=Address.model_validate(ADDRESS.model_dump()), payment_token="tok_ok"))
+    order_id = submitted.view.id
+    try:
+        started = time.monotonic()
+        with pytest.raises(DependencyUnavailable):
+            await service.review(Caller(subject="olga", role="operator"), order_id, "approve", None)
+        with pytest.raises(DependencyUnavailable):
+            await service.cancel(customer, order_id, "changed my mind")
+        assert time.monotonic() - started < 20
+    finally:
+        await temporal_client.get_workflow_handle(order_workflow_id(order_id)).terminate("test done")
