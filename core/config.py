@@ -88,7 +88,10 @@ class Settings(BaseSettings):
     carrier_webhook_secret: str = DEV_WEBHOOK_SECRET
     carrier_webhook_tolerance_s: int = 300
     idempotency_retention_s: int = 24 * 3600
-    update_wait_s: float = 10.0
+    # How long cancel/review/address changes wait for the workflow to finish the change before
+    # answering with the order as it is (the change was accepted and will finish). Keep it below
+    # api_request_timeout_s.
+    update_wait_s: float = 4.0
     max_body_bytes: int = 64 * 1024
     rate_limit_storage: str = "memory://"
     rate_limit_submit: str = "100/minute"
@@ -97,7 +100,7 @@ class Settings(BaseSettings):
     # Load shedding per gateway process (api/overload.py): requests handled at once, and the time
     # after which a request is answered 503 + Retry-After (its handler still finishes).
     api_max_in_flight: int = Field(200, ge=1)
-    api_request_timeout_s: float = Field(10.0, gt=0)
+    api_request_timeout_s: float = Field(5.0, gt=0)
     api_max_event_loop_lag_s: float = Field(1.0, gt=0)  # shed new requests while the loop is this late
     rate_limit_timeout_s: float = 0.5  # a slower or unreachable storage lets the request through
     # Peers whose X-Forwarded-For is believed (IP addresses or CIDR ranges); others count by peer IP.
