@@ -45,6 +45,8 @@ from core.domain import (
     AddressChangeRequest,
     Address,
     CancelRequest,
+    CarrierEvent,
+    CarrierEventKind,
     CarrierEventSignal,
     DependencyUnavailable,
     IdempotencyKeyReused,
@@ -65,6 +67,9 @@ from core.domain import (
 log = structlog.get_logger(__name__)
 
 SUBMIT_ROUTE = "POST /v1/orders"
+# Carrier events the order workflow decides nothing on: recorded in the read model, not signalled
+# (two Temporal actions and workflow tasks fewer per order). delivered and lost are signals.
+TRACKING_ONLY = frozenset({CarrierEventKind.PICKED_UP, CarrierEventKind.IN_TRANSIT})
 DB_ERRORS = (OperationalError, DBAPIError, PoolTimeout, OSError, asyncio.TimeoutError)
 
 
@@ -286,6 +291,11 @@ class OrderService:
 
     async def carrier_event(self, signal: CarrierEventSignal) -> None:
         try:
+            if signal.event in TRACKING_ONLY:
+                event = CarrierEvent(event=signal.event, occurred_at=signal.occurred_at)
+                if await self._read_model.record_tracking(signal.tracking_number, event) is None:
+                    raise OrderNotFound(f"unknown tracking number {signal.tracking_number}")
+                return
             view = await self._read_model.find_by_tracking_number(signal.tracking_number)
         except DB_ERRORS as error:
             raise DependencyUnavailable("database") from error

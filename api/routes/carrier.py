@@ -1,10 +1,13 @@
-"""The carrier's webhook: delivery events become signals to the order's workflow.
+"""The carrier's webhook: ``delivered`` and ``lost`` become signals to the order's workflow;
+``picked_up`` and ``in_transit``, which the workflow decides nothing on, are recorded in the read
+model only (two Temporal actions fewer per order; see core/order_service.py ``TRACKING_ONLY``).
 
 Two proofs are required: a bearer token with the ``carrier`` role, and ``Carrier-Signature`` — an
 HMAC-SHA256 over the raw body with a timestamp (:mod:`core.webhooks`), so a captured request cannot
 be replayed after ``ORDERS_CARRIER_WEBHOOK_TOLERANCE_S``. The body is parsed only after the
 signature over its exact bytes checked out. Repeated events are harmless: the workflow ignores an
-event it already has, and an ended order ignores everything.
+event it already has, an ended order ignores everything, and the first time reported for a tracking
+event is kept.
 """
 
 from __future__ import annotations

@@ -8,11 +8,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db.tables import orders
-from core.domain import OrderStatus, OrderView
+from core.domain import CarrierEvent, OrderStatus, OrderView
 
 
 def order_row(view: OrderView, seq: int) -> dict:
@@ -30,6 +31,19 @@ def order_row(view: OrderView, seq: int) -> dict:
         "created_at": view.created_at,
         "updated_at": view.updated_at,
     }
+
+
+def with_tracking(view: dict, tracking: dict | None) -> OrderView:
+    """The projected view plus the tracking-only carrier events the gateway recorded beside it
+    (``orders.tracking``), in time order; an event the workflow itself has (older orders got every
+    event as a signal) is not repeated."""
+    order = OrderView.model_validate(view)
+    if tracking:
+        known = {event.event for event in order.carrier_events}
+        extra = [CarrierEvent(event=name, occurred_at=at) for name, at in tracking.items() if name not in known]
+        if extra:
+            order.carrier_events = sorted([*order.carrier_events, *extra], key=lambda event: event.occurred_at)
+    return order
 
 
 class InvalidCursor(ValueError):
@@ -62,8 +76,22 @@ class OrderReadModel:
 
     async def get(self, order_id: uuid.UUID) -> OrderView | None:
         async with self._engine.connect() as conn:
-            view = (await conn.execute(select(orders.c.view).where(orders.c.id == order_id))).scalar_one_or_none()
-        return OrderView.model_validate(view) if view is not None else None
+            row = (await conn.execute(select(orders.c.view, orders.c.tracking).where(orders.c.id == order_id))).first()
+        return with_tracking(row.view, row.tracking) if row is not None else None
+
+    async def record_tracking(self, tracking_number: str, event: CarrierEvent) -> uuid.UUID | None:
+        """Keep a tracking-only carrier event of the order with this tracking number (the first
+        time reported wins, so repeats change nothing); its id, or None for an unknown number."""
+        first = func.jsonb_build_object(event.event.value, literal(event.occurred_at.isoformat()))
+        async with self._engine.begin() as conn:
+            return (
+                await conn.execute(
+                    update(orders)
+                    .where(orders.c.tracking_number == tracking_number)
+                    .values(tracking=first.op("||", return_type=JSONB)(orders.c.tracking))
+                    .returning(orders.c.id)
+                )
+            ).scalar_one_or_none()
 
     async def find_by_tracking_number(self, tracking_number: str) -> OrderView | None:
         async with self._engine.connect() as conn:
@@ -81,7 +109,7 @@ class OrderReadModel:
         status: OrderStatus | None = None,
     ) -> OrderPage:
         """Newest first; ``cursor`` continues after the last item of the previous page."""
-        query = select(orders.c.view, orders.c.created_at, orders.c.id)
+        query = select(orders.c.view, orders.c.tracking, orders.c.created_at, orders.c.id)
         if customer_id is not None:
             query = query.where(orders.c.customer_id == customer_id)
         if status is not None:
@@ -94,6 +122,6 @@ class OrderReadModel:
         query = query.order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit + 1)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        items = [OrderView.model_validate(row.view) for row in rows[:limit]]
+        items = [with_tracking(row.view, row.tracking) for row in rows[:limit]]
         next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
         return OrderPage(items, next_cursor)

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -81,6 +82,8 @@ orders = Table(
     Column("currency", String(3), nullable=False),
     Column("tracking_number", String(64), unique=True),
     Column("view", JSONB, nullable=False),
+    # Tracking-only carrier events (event -> occurred_at), written by the gateway, never by projections.
+    Column("tracking", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("seq", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),

@@ -180,8 +180,16 @@ async def test_repeated_carrier_events_are_harmless(api, token, engine, workers,
     }
     for _ in range(2):
         assert (await api.post("/v1/carrier/events", content=raw, headers=headers)).status_code == 202
+    # A tracking-only event again, reported later: the first report stays.
+    again = json.dumps({**event, "event": "in_transit"}).encode()
+    again_headers = {**headers, "Carrier-Signature": sign_webhook(it_settings.carrier_webhook_secret, again, int(time.time()))}
+    assert (await api.post("/v1/carrier/events", content=again, headers=again_headers)).status_code == 202
     after = (await api.get(f"/v1/orders/{order['id']}", headers=auth(grace))).json()
     assert after["status"] == "completed" and after["carrier_events"] == final["carrier_events"]
+    # A tracking event for a parcel nobody knows is 404 (the carrier retries it a few times).
+    unknown = json.dumps({**event, "event": "picked_up", "tracking_number": "TRKNOPE"}).encode()
+    unknown_headers = {**headers, "Carrier-Signature": sign_webhook(it_settings.carrier_webhook_secret, unknown, int(time.time()))}
+    assert (await api.post("/v1/carrier/events", content=unknown, headers=unknown_headers)).status_code == 404
     async with engine.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(orders).where(orders.c.id == uuid.UUID(order["id"]))) == 1
 

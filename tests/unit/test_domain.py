@@ -75,3 +75,26 @@ def test_cursor_round_trips_and_rejects_garbage():
     for garbage in ("", "!!!", "bm90IGpzb24", encode_cursor(at, order_id)[:-3]):
         with pytest.raises(InvalidCursor):
             decode_cursor(garbage)
+
+
+def test_reads_merge_the_tracking_events_recorded_beside_the_projected_view():
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from core.db.read_model import with_tracking
+    from tests.support import ADDRESS
+
+    t0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    view = {
+        "id": str(uuid.uuid4()), "customer_id": "c", "status": "completed", "items": [{"sku": "S", "quantity": 1, "unit_price": 100}],
+        "total": 100, "currency": "EUR", "shipping_address": ADDRESS.model_dump(mode="json"), "tracking_number": "TRK1",
+        "history": [{"status": "received", "at": t0.isoformat()}], "created_at": t0.isoformat(), "updated_at": t0.isoformat(),
+        "carrier_events": [{"event": "delivered", "occurred_at": (t0 + timedelta(hours=3)).isoformat()}],
+    }
+    tracking = {"in_transit": (t0 + timedelta(hours=2)).isoformat(), "picked_up": (t0 + timedelta(hours=1)).isoformat()}
+    merged = with_tracking(view, tracking)
+    assert [e.event.value for e in merged.carrier_events] == ["picked_up", "in_transit", "delivered"]
+    # An order from before the change got every event as a signal: nothing is repeated.
+    older = {**view, "carrier_events": [{"event": "picked_up", "occurred_at": t0.isoformat()}, *view["carrier_events"]]}
+    assert [e.event.value for e in with_tracking(older, {"picked_up": tracking["picked_up"]}).carrier_events] == ["picked_up", "delivered"]
+    assert with_tracking(view, {}).carrier_events == with_tracking(view, None).carrier_events
