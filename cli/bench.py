@@ -547,6 +547,8 @@ async def _measure(args: argparse.Namespace, stack, url: str, settings, client, 
         from cli.stack import cpu_per_unit
 
         report["platform"]["cpu"] = cpu_per_unit(cpu_before, await asyncio.to_thread(stack.cpu_seconds), len(result.ended), time.monotonic() - began)
+    if settings.database_url:
+        report["platform"]["provider_calls"] = await provider_call_peaks(settings, result.started, time.time())
     accepted_ids = [o.order_id for o in result.accepted]
     completed_ids = [o.order_id for o in result.ended if o.status == "completed"]
     if stack is not None:
