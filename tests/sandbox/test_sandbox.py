@@ -407,4 +407,5 @@ async def test_bench_reads_the_busiest_second_of_provider_calls_from_the_ledger(
     assert peaks["shipping"]["total"] >= 1
     assert peaks["payments"]["cap_per_s"] == 7
     later = await provider_call_peaks(settings, time.time() + 60, time.time() + 61)
-    assert later["payments"] == {"peak_per_s": 0, "total": 0, "cap_per_s": settings.payments_max_per_second}
+    assert later["payments"] == {"peak_per_s": 0, "peak_5s_per_s": 0, "total": 0, "cap_per_s": settings.payments_max_per_second}
+    assert 0 < peaks["payments"]["peak_5s_per_s"] <= peaks["payments"]["peak_per_s"]
