@@ -64,6 +64,11 @@ PATCH_SEARCH_ATTRIBUTES = "order-search-attributes"
 # later upserts set only what a transition changes (status, failure reason). Orders started before
 # replay the old commands (golden folders up to 2026-11-25-search-attributes).
 PATCH_SKIP_RECEIVED = "order-skip-received-projection-and-upsert"
+# A carrier event can reach the workflow before it has applied the create-shipment result (a
+# stalled worker, then one activation holding both: signals are delivered first). Old code dropped
+# such an event, and a dropped `delivered` left the order waiting for its delivery deadline; new
+# runs keep it until the tracking number is known. Runs that already dropped one replay as before.
+PATCH_EARLY_CARRIER_EVENTS = "order-keep-carrier-events-until-shipment-known"
 
 
 class OrderEnded(Exception):
@@ -108,6 +113,7 @@ class OrderWorkflow:
         self._creating_shipment = False
         self._compensations: list[tuple[str, Compensation]] = []
         self._skip_received = False
+        self._early_carrier_events: list[CarrierEventSignal] = []
 
     # --- the order's story ----------------------------------------------------------------------
 
@@ -218,6 +224,9 @@ class OrderWorkflow:
         finally:
             self._creating_shipment = False
         self._view.tracking_number = shipment.tracking_number
+        for early in self._early_carrier_events:
+            self._record_carrier_event(early)
+        self._early_carrier_events.clear()
         self._push("cancel shipment", self._cancel_shipment)
         # A cancel accepted while the shipment was being created still wins: nothing has left yet.
         self._raise_if_cancelled()
@@ -384,7 +393,16 @@ class OrderWorkflow:
 
     @workflow.signal(name=SIGNAL_CARRIER_EVENT)
     async def carrier_event(self, event: CarrierEventSignal) -> None:
-        if event.tracking_number != self._view.tracking_number or self._view.status.is_terminal:
+        if self._view.status.is_terminal:
+            return
+        if self._view.tracking_number is None:
+            if workflow.patched(PATCH_EARLY_CARRIER_EVENTS):
+                self._early_carrier_events.append(event)  # applied when the shipment result arrives
+            return
+        self._record_carrier_event(event)
+
+    def _record_carrier_event(self, event: CarrierEventSignal) -> None:
+        if event.tracking_number != self._view.tracking_number:
             return
         if any(seen.event == event.event for seen in self._view.carrier_events):
             return  # carriers deliver events at least once

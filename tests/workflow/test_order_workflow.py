@@ -251,6 +251,38 @@ async def test_address_change_before_shipping_is_used_for_the_shipment(ts_env, r
         await handle.result()
 
 
+async def test_a_delivery_reported_before_the_workflow_knows_its_shipment_still_counts(ts_env, run_workers, task_queue, engine, sandbox_http):
+    """Seen in the long chaos run: a worker stalled after the shipment was created, the gateway
+    signalled `delivered`, and the next worker handled that signal before the shipment's result.
+    The old code dropped the event and the order waited for its delivery deadline."""
+    from core.domain import provider_key
+
+    sku = await new_sku(engine, on_hand=1)
+    order = order_input(sku)
+    async with run_workers("orchestration", "inventory", "payments"):  # nobody creates the shipment yet
+        handle = await start(ts_env, task_queue, order)
+        await reach(handle, OrderStatus.PAYMENT_AUTHORIZED)
+        # The carrier has the parcel (the same idempotent request the activity will make)...
+        created = await sandbox_http.post(
+            "/carrier/v1/shipments",
+            json={
+                "order_id": str(order.order_id),
+                "shipping_address": order.shipping_address.model_dump(mode="json"),
+                "items": [{"sku": line.sku, "quantity": line.quantity} for line in order.lines],
+            },
+            headers={"Idempotency-Key": provider_key(order.order_id, "ship")},
+        )
+        assert created.status_code == 201, created.text
+        tracking = created.json()["tracking_number"]
+        # ...and reports it delivered while the workflow still waits for the shipment's result.
+        await handle.signal(SIGNAL_CARRIER_EVENT, CarrierEventSignal(tracking_number=tracking, event=CarrierEventKind.DELIVERED, occurred_at=datetime.now(UTC)))
+        assert (await view_of(handle)).tracking_number is None
+        async with run_workers("shipping"):
+            final = await handle.result()  # time skips: had the event been dropped, the deadline would fail it
+    assert final.status == OrderStatus.COMPLETED, (final.status, final.failure_reason)
+    assert final.tracking_number == tracking and [e.event for e in final.carrier_events] == [CarrierEventKind.DELIVERED]
+
+
 async def test_lost_parcel_is_refunded(ts_env, run_workers, task_queue, engine, sandbox):
     sku = await new_sku(engine, on_hand=3)
     order = order_input(sku, price=990)
