@@ -206,29 +206,21 @@ class BenchStack:
         response.raise_for_status()
         return response.json()
 
-    def rss_mb(self) -> dict[str, float]:
-        """Resident memory of each child process (MB), including its children (the Temporal CLI)."""
-        import psutil
+    def server_pids(self) -> dict[str, int]:
+        """The process id of each running server, by name (api, sandbox, worker-N, temporal, postgres)."""
+        named = {"api": self.api, "sandbox": self.sandbox, **{p.name: p for p in self.workers}, "temporal": self.temporal, "postgres": self.postgres}
+        return {name: server.pid for name, server in named.items() if server is not None and server.pid}
 
-        found: dict[str, float] = {}
-        named = {"api": self.api, "sandbox": self.sandbox, **{p.name: p for p in self.workers}}
-        for name, process in named.items():
-            if process is not None and process.pid:
-                found[name] = _tree_rss(process.pid)
-        if self.temporal is not None and self.temporal.pid:
-            found["temporal"] = _tree_rss(self.temporal.pid)
-        if self.postgres is not None and self.postgres.pid:
-            found["postgres"] = _tree_rss(self.postgres.pid)
-        return found
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory of each server (MB), including its children (the Temporal CLI's server)."""
+        return {name: _tree_rss(pid) for name, pid in self.server_pids().items()}
 
     def set_priority(self, niceness: int) -> None:
         """Run every server of the stack (with its children) at this niceness; 0 is normal. Only
         raising it needs no privileges, so going back to 0 may be refused and is then left be."""
         import psutil
 
-        pids = [p.pid for p in (self.api, self.sandbox, *self.workers) if p is not None and p.pid]
-        pids += [s.pid for s in (self.temporal, self.postgres) if s is not None and s.pid]
-        for pid in pids:
+        for pid in self.server_pids().values():
             try:
                 root = psutil.Process(pid)
                 for process in (root, *root.children(recursive=True)):
@@ -241,15 +233,7 @@ class BenchStack:
         process (the load generator; its children, the servers, are not counted in it)."""
         import psutil
 
-        found: dict[str, float] = {}
-        named = {"api": self.api, "sandbox": self.sandbox, **{p.name: p for p in self.workers}}
-        for name, process in named.items():
-            if process is not None and process.pid:
-                found[name] = tree_cpu_seconds(process.pid)
-        if self.temporal is not None and self.temporal.pid:
-            found["temporal"] = tree_cpu_seconds(self.temporal.pid)
-        if self.postgres is not None and self.postgres.pid:
-            found["postgres"] = tree_cpu_seconds(self.postgres.pid)
+        found = {name: tree_cpu_seconds(pid) for name, pid in self.server_pids().items()}
         own = psutil.Process().cpu_times()
         found["load generator"] = own.user + own.system
         return found
