@@ -50,8 +50,6 @@ class LoadShedding:
         self._on_lag = on_lag  # callback(seconds), e.g. a metrics gauge
         self._ticker: asyncio.Task | None = None
         self.in_flight = 0
-        self.shed = 0  # refused at the door
-        self.timed_out = 0  # answered 503 after the timeout, handler left to finish
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
@@ -59,7 +57,6 @@ class LoadShedding:
         request_id = scope.get("state", {}).get("request_id", "")
         self._watch_loop_lag()
         if self.in_flight >= self.max_in_flight or self.loop_lag_s > self.max_loop_lag_s:
-            self.shed += 1
             why = (
                 f"the gateway is handling {self.max_in_flight} requests"
                 if self.in_flight >= self.max_in_flight
@@ -96,7 +93,6 @@ class LoadShedding:
             # The answer is already streaming; it is not ours to replace. Wait for it.
             return await handler
         detached = True
-        self.timed_out += 1
         log.warning("request timed out; answered 503, handler continues", path=scope["path"], timeout_s=self.request_timeout_s)
         await send_problem(
             send, 503, "Request timed out",
@@ -104,7 +100,6 @@ class LoadShedding:
             "(a submission is safe to retry with the same Idempotency-Key)",
             request_id, scope["path"], "timeout", headers=[(b"retry-after", self.retry_after.encode())], id_header=False,
         )
-
 
     def _watch_loop_lag(self) -> None:
         if self._ticker is None or self._ticker.done():
