@@ -339,13 +339,10 @@ async def bare_engine_baseline(stack, client, shape: dict, *, concurrency: int, 
     try:
         await asyncio.to_thread(worker.wait_ready)
         bare = BareInput(activities=round(shape.get("activities", 5)), local_activities=round(shape.get("local_activities", 5)), signals=round(shape.get("signals", 3)), upserts=round(shape.get("upserts", 0)))
-        import psutil
-
-        from cli.stack import cpu_per_unit, tree_cpu_seconds
+        from cli.stack import cpu_per_unit, own_cpu_seconds, tree_cpu_seconds
 
         def cpu() -> dict[str, float]:
-            own = psutil.Process().cpu_times()
-            return {"temporal": tree_cpu_seconds(stack.temporal.pid), "bare worker": tree_cpu_seconds(worker.pid), "load generator": own.user + own.system}
+            return {"temporal": tree_cpu_seconds(stack.temporal.pid), "bare worker": tree_cpu_seconds(worker.pid), "load generator": own_cpu_seconds()}
 
         before, began = cpu(), time.monotonic()
         figures = await drive(client, queue, bare, concurrency=concurrency, duration_s=duration)

@@ -221,21 +221,17 @@ class BenchStack:
         import psutil
 
         for pid in self.server_pids().values():
-            try:
-                root = psutil.Process(pid)
-                for process in (root, *root.children(recursive=True)):
+            for process in _process_tree(pid):
+                try:
                     process.nice(niceness)
-            except psutil.Error:
-                pass
+                except psutil.Error:
+                    pass
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) used so far by each server, with its children, and by this
         process (the load generator; its children, the servers, are not counted in it)."""
-        import psutil
-
         found = {name: tree_cpu_seconds(pid) for name, pid in self.server_pids().items()}
-        own = psutil.Process().cpu_times()
-        found["load generator"] = own.user + own.system
+        found["load generator"] = own_cpu_seconds()
         return found
 
     # --- internals ------------------------------------------------------------------------------
@@ -276,23 +272,37 @@ def _fresh_database(server_url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+asyncpg", path=f"/{name}"))
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its live children (0 when it is gone)."""
+def _process_tree(pid: int) -> list:
+    """The process and its live children (psutil handles); empty when it is gone."""
     import psutil
 
     try:
         root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0.0
+        return []
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live children (0 when it is gone)."""
+    import psutil
+
     total = 0.0
-    for process in processes:
+    for process in _process_tree(pid):
         try:
             times = process.cpu_times()
             total += times.user + times.system
         except psutil.Error:
             pass
     return total
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU seconds of this process alone (the load generator)."""
+    import psutil
+
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
 
 
 def cpu_per_unit(before: dict[str, float], after: dict[str, float], units: int, elapsed_s: float) -> dict[str, Any]:
@@ -312,17 +322,13 @@ def cpu_per_unit(before: dict[str, float], after: dict[str, float], units: int, 
 def _tree_rss(pid: int) -> float:
     import psutil
 
-    try:
-        root = psutil.Process(pid)
-        total = root.memory_info().rss
-        for child in root.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return round(total / 2**20, 1)
-    except psutil.Error:
-        return 0.0
+    total = 0
+    for process in _process_tree(pid):
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            pass
+    return round(total / 2**20, 1)
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.5) -> bool:
