@@ -181,6 +181,9 @@ EXTRA_COMMAND_MODULES: list[str] = [
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from devstack.processes import stop_on_sigterm
+
+    stop_on_sigterm()  # `timeout orders bench ...` must stop the stack it started, as Ctrl-C does
     try:
         return args.func(args)
     except CliError as error:

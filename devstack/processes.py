@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Literal, Mapping, Sequence
 
 __all__ = [
+    "stop_on_sigterm",
     "free_port",
     "port_is_open",
     "wait_port",
@@ -142,6 +143,22 @@ def tail_file(path: Path | None, lines: int = 30) -> str:
     except OSError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop this process the way Ctrl-C does: raise KeyboardInterrupt in the main
+    thread, so ``with``/``finally`` blocks and pytest's fixture finalizers stop the servers this
+    process started. Python's default for SIGTERM is to die on the spot, which leaves every child
+    in its own session (PostgreSQL, Temporal, the platform's processes) running. ``timeout`` and CI
+    runners stop a command with SIGTERM. Processes that handle SIGTERM themselves (uvicorn, the
+    worker, the ``orders dev`` supervisor) replace this handler with their own."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _set_pdeathsig(sig: int = signal.SIGTERM) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.db.engine import create_engine
 from core.db.migrate import upgrade_async
 from devstack.postgres import EmbeddedPostgres
-from devstack.processes import free_port
+from devstack.processes import free_port, stop_on_sigterm
 from tests.harness import (
     Database,
     admin_dsn_from_env,
@@ -20,6 +20,12 @@ from tests.harness import (
     start_sandbox,
     test_settings,
 )
+
+
+def pytest_configure(config) -> None:
+    # A run stopped with SIGTERM (a CI timeout, `timeout make test`) tears its servers down as
+    # Ctrl-C does, instead of leaving PostgreSQL, Temporal and chaos stacks running.
+    stop_on_sigterm()
 
 
 @pytest.fixture(scope="session")

@@ -449,3 +449,34 @@ def test_supervisor_stops_children_on_sigterm(tmp_path: Path) -> None:
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_bench_stops_the_stack_it_started_on_sigterm(tmp_path: Path) -> None:
+    """`timeout orders bench ...` (or a CI runner) stops the bench with SIGTERM: its whole stack —
+    embedded PostgreSQL, the Temporal dev server, gateway, worker, sandbox — must go with it."""
+    import psutil
+
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "bench", "--concurrency", "2", "--duration", "300", "--no-baselines"],
+        cwd=_repo(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for line in bench.stderr:  # "orders bench: stack ready in 6.2s (data in ...)"
+            if "stack ready" in line:
+                data_dir = Path(line.rsplit("(data in ", 1)[1].rstrip(")\n"))
+                break
+        else:
+            pytest.fail(f"the bench stopped before its stack was ready (exit {bench.wait()})")
+        started = psutil.Process(bench.pid).children(recursive=True)
+        names = " ".join(p.name() for p in started)
+        assert "postgres" in names and "temporal" in names and len(started) >= 5, names
+
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=90) == 130  # the CLI's "interrupted"
+        gone, alive = psutil.wait_procs(started, timeout=30)
+        assert not alive, f"left running after SIGTERM: {[(p.pid, p.name()) for p in alive]}"
+        assert not data_dir.exists(), "the stack's data directory was left behind"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
