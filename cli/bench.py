@@ -270,6 +270,32 @@ def subtract(after: dict[str, dict[str, float]], before: dict[str, dict[str, flo
     return out
 
 
+#: Kernel TCP counters that tell where a request the gateway never saw could have waited: a full
+#: listen (accept) queue drops the connection's SYN or final ACK, and the client retransmits its SYN
+#: after 1, 3, 7 and 15 s, each retransmit a second or more lost before the gateway can read a byte.
+KERNEL_TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "TCPSynRetrans", "TCPTimeouts")
+
+
+def kernel_tcp_counters(path: Path = Path("/proc/net/netstat")) -> dict[str, int] | None:
+    """The machine's (network namespace's) TcpExt counters named in KERNEL_TCP_COUNTERS, or None
+    where the kernel does not publish them (not Linux). Take two snapshots and :func:`subtract_counters`."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for header, values in zip(lines[::2], lines[1::2]):
+        if header.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            table = dict(zip(header.split()[1:], values.split()[1:]))
+            return {name: int(table[name]) for name in KERNEL_TCP_COUNTERS if name in table}
+    return None
+
+
+def subtract_counters(after: dict[str, int] | None, before: dict[str, int] | None) -> dict[str, int] | None:
+    if after is None or before is None:
+        return None
+    return {name: after[name] - before.get(name, 0) for name in after}
+
+
 async def provider_call_peaks(settings, since: float, until: float, window_s: int = 5) -> dict[str, Any]:
     """Provider calls between two wall-clock times, read from the sandbox's own ledger
     (authorizations and money movements for payments, shipments for the carrier), next to the
@@ -436,6 +462,12 @@ def format_report(report: dict) -> str:
             answered = sum(v["answered"] for v in run["gateway"].values())
             slow = sum(v["over_15s"] for v in run["gateway"].values())
             lines.append(f"the gateway's own clock (/metrics): {answered} requests answered, {slow} of them after more than 15 s")
+        if run.get("kernel_tcp") is not None:
+            k = run["kernel_tcp"]
+            lines.append(
+                f"the kernel (whole machine) meanwhile: {k.get('ListenOverflows', 0)} listen-queue overflows, {k.get('ListenDrops', 0)} connection attempts dropped, "
+                f"{k.get('TCPSynRetrans', 0)} SYN retransmissions, {k.get('TCPTimeouts', 0)} retransmission timeouts"
+            )
         if run.get("provider_calls"):
             lines.append("provider calls: " + ", ".join(
                 f"{kind} busiest 5 s {v['peak_5s_per_s']}/s, busiest second {v['peak_per_s']} (cap {v['cap_per_s']:g}/s, {v['total']} in all)"
@@ -580,6 +612,7 @@ async def _measure(args: argparse.Namespace, stack, url: str, settings, client, 
         spike_rate = round(sustainable * args.spike_factor, 1)
         _say(f"spike: {spike_rate}/s ({args.spike_factor:g}x {sustainable}/s) for {args.spike_duration:.0f} s, then drain")
         gateway_before = await gateway_answer_times(url)
+        kernel_before = kernel_tcp_counters()
         if stack is not None:
             # The load generator stands for callers on other machines: on 2 shared cores it must
             # not be starved by the stack it overloads, or it cannot offer the spike at all.
@@ -591,6 +624,7 @@ async def _measure(args: argparse.Namespace, stack, url: str, settings, client, 
                 await asyncio.to_thread(stack.set_priority, 0)
         report["spike"] = {"mode": f"open loop {spike_rate}/s ({args.spike_factor:g}x {sustainable}/s) for {args.spike_duration:.0f} s", "summary": summarize(spike_result), "timeline": timeline(spike_result)}
         report["spike"]["gateway"] = subtract(await gateway_answer_times(url), gateway_before)
+        report["spike"]["kernel_tcp"] = subtract_counters(kernel_tcp_counters(), kernel_before)
         if settings.database_url:
             report["spike"]["provider_calls"] = await provider_call_peaks(settings, spike_result.started, time.time())
         accepted_ids += [o.order_id for o in spike_result.accepted]

@@ -77,6 +77,34 @@ def test_gateway_answer_times_are_differences_of_two_metric_snapshots():
     assert subtract(before, before) == {}
 
 
+def test_kernel_listen_queue_counters_are_read_from_tcpext_and_subtracted(tmp_path):
+    from cli.bench import format_report, kernel_tcp_counters, subtract_counters
+
+    netstat = tmp_path / "netstat"
+    netstat.write_text(
+        "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPTimeouts TCPSynRetrans\n"
+        "TcpExt: 0 7 9 40 12\n"
+        "IpExt: InNoRoutes\n"
+        "IpExt: 0\n"
+    )
+    before = kernel_tcp_counters(netstat)
+    assert before == {"ListenOverflows": 7, "ListenDrops": 9, "TCPSynRetrans": 12, "TCPTimeouts": 40}
+    netstat.write_text(netstat.read_text().replace("0 7 9 40 12", "0 10 13 41 20"))
+    delta = subtract_counters(kernel_tcp_counters(netstat), before)
+    assert delta == {"ListenOverflows": 3, "ListenDrops": 4, "TCPSynRetrans": 8, "TCPTimeouts": 1}
+    # Not Linux (or no /proc): no figures rather than zeros that would read as "nothing dropped".
+    assert kernel_tcp_counters(tmp_path / "missing") is None
+    assert subtract_counters(None, before) is None
+
+    line = [row for row in format_report({"spike": _spike_run(delta)}).splitlines() if row.startswith("the kernel")]
+    assert line == ["the kernel (whole machine) meanwhile: 3 listen-queue overflows, 4 connection attempts dropped, 8 SYN retransmissions, 1 retransmission timeouts"]
+
+
+def _spike_run(kernel_tcp: dict) -> dict:
+    result = LoadResult(started=0.0, duration_s=1.0, drain_s=0.0)
+    return {"mode": "open loop", "summary": summarize(result), "kernel_tcp": kernel_tcp}
+
+
 def test_poll_interval_is_bounded(capsys):
     from cli.main import main
 
