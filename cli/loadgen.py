@@ -80,7 +80,7 @@ class Sample:
     status: int  # 0: no answer (connection error or client timeout)
     latency_s: float
     retry_after: bool = False
-    error: str | None = None  # for status 0: what went wrong (ReadTimeout, ConnectError, deadline, ...)
+    error: str | None = None  # for status 0: what went wrong (ReadTimeout, ConnectError, "deadline: answer", ...)
 
 
 @dataclass
@@ -97,6 +97,24 @@ class OrderOutcome:
     server_latency_s: float | None = None  # created_at -> end state, platform clock
     shipped_latency_s: float | None = None  # created_at -> shipped, platform clock
     last_status: str | None = None  # as last read, for reporting orders that never ended
+
+
+class RequestPhase:
+    """Where a request is, from httpcore's trace events, so that a missed deadline says whose
+    clock it was on: ``pool`` (still waiting for one of the generator's own connections),
+    ``connect`` (TCP handshake: a full listen queue drops SYNs, retransmitted after 1, 3, 7 s...)
+    or ``answer`` (sent; waiting in the gateway's socket or in the gateway)."""
+
+    __slots__ = ("where",)
+
+    def __init__(self) -> None:
+        self.where = "pool"
+
+    async def trace(self, event: str, info: dict) -> None:
+        if event == "connection.connect_tcp.started":
+            self.where = "connect"
+        elif event == "http11.send_request_headers.started":
+            self.where = "answer"
 
 
 @dataclass
@@ -287,13 +305,14 @@ class LoadGenerator:
         caller = (kwargs.get("headers") or {}).get("Authorization", "")
         http = self._pools[hash(caller) % len(self._pools)]
         started = time.monotonic()
+        phase = RequestPhase()
         try:
             # One deadline for the whole request (httpx's timeouts are per phase: pool, connect,
             # write and each read could take that long in turn).
             async with asyncio.timeout(self.request_timeout_s):
-                response = await http.request(method, path, **kwargs)
+                response = await http.request(method, path, extensions={"trace": phase.trace}, **kwargs)
         except (httpx.HTTPError, TimeoutError) as error:
-            kind = "deadline" if isinstance(error, TimeoutError) else type(error).__name__
+            kind = f"deadline: {phase.where}" if isinstance(error, TimeoutError) else type(error).__name__
             self.result.samples.append(Sample(started - self._t0, route, 0, time.monotonic() - started, error=kind))
             return None
         self.result.samples.append(

@@ -77,6 +77,39 @@ def test_gateway_answer_times_are_differences_of_two_metric_snapshots():
     assert subtract(before, before) == {}
 
 
+async def test_a_missed_deadline_says_whether_the_request_waited_for_a_connection_or_for_the_answer():
+    """Two requests on a one-connection pool to a server that reads but never answers: the first
+    was sent and waits for its answer, the second never got a connection from the caller's pool."""
+    import asyncio
+
+    import httpx
+
+    from cli.loadgen import RequestPhase
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        await reader.read()  # until the caller gives up and closes
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    phases = [RequestPhase(), RequestPhase()]
+
+    async def call(http: httpx.AsyncClient, phase: RequestPhase, deadline_s: float) -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(deadline_s):
+                await http.get(f"http://127.0.0.1:{port}/", extensions={"trace": phase.trace})
+
+    try:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1)) as http:
+            first = asyncio.create_task(call(http, phases[0], 2.0))
+            await asyncio.sleep(0.2)
+            await call(http, phases[1], 1.0)
+            await first
+    finally:
+        server.close()
+    assert [phase.where for phase in phases] == ["answer", "pool"]
+
+
 def test_kernel_listen_queue_counters_are_read_from_tcpext_and_subtracted(tmp_path):
     from cli.bench import format_report, kernel_tcp_counters, subtract_counters
 
