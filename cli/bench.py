@@ -252,21 +252,33 @@ async def gateway_answer_times(url: str) -> dict[str, dict[str, float]]:
             continue
         for sample in family.samples:
             route = f"{sample.labels.get('method')} {sample.labels.get('route')}"
-            entry = found.setdefault(route, {"count": 0.0, "within_15s": 0.0})
+            entry = found.setdefault(route, {"count": 0.0, "within_15s": 0.0, "buckets": {}})
             if sample.name.endswith("_count"):
                 entry["count"] = sample.value
-            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 15.0:
-                entry["within_15s"] = sample.value
+            elif sample.name.endswith("_bucket"):
+                upper = float(sample.labels["le"])
+                entry["buckets"][upper] = sample.value
+                if upper == 15.0:
+                    entry["within_15s"] = sample.value
     return found
 
 
-def subtract(after: dict[str, dict[str, float]], before: dict[str, dict[str, float]]) -> dict[str, dict[str, int]]:
+def subtract(after: dict[str, dict], before: dict[str, dict]) -> dict[str, dict]:
+    """Per route between two snapshots: requests answered, how many after 15 s, and the answer
+    time's p50/p99 by the gateway's clock (the upper bound of the histogram bucket they fall in)."""
     out = {}
     for route, now in after.items():
         then = before.get(route, {"count": 0.0, "within_15s": 0.0})
         count = int(now["count"] - then["count"])
-        if count:
-            out[route] = {"answered": count, "over_15s": count - int(now["within_15s"] - then["within_15s"])}
+        if not count:
+            continue
+        out[route] = {"answered": count, "over_15s": count - int(now["within_15s"] - then["within_15s"])}
+        buckets = now.get("buckets") or {}
+        if buckets:
+            earlier = then.get("buckets") or {}
+            cumulative = sorted((upper, n - earlier.get(upper, 0.0)) for upper, n in buckets.items())
+            for name, q in (("p50_s", 0.5), ("p99_s", 0.99)):
+                out[route][name] = next((upper for upper, n in cumulative if n >= q * count), None)
     return out
 
 
@@ -461,7 +473,10 @@ def format_report(report: dict) -> str:
         if run.get("gateway"):
             answered = sum(v["answered"] for v in run["gateway"].values())
             slow = sum(v["over_15s"] for v in run["gateway"].values())
-            lines.append(f"the gateway's own clock (/metrics): {answered} requests answered, {slow} of them after more than 15 s")
+            lines.append(f"the gateway's own clock (/metrics): {answered} requests answered, {slow} of them after more than 15 s; per route, p50 / p99 at most:")
+            for route, v in sorted(run["gateway"].items()):
+                if "p99_s" in v:
+                    lines.append(f"  {route:32} {v['answered']:>6}  {v['p50_s']:g} s / {v['p99_s']:g} s")
         if run.get("kernel_tcp") is not None:
             k = run["kernel_tcp"]
             lines.append(

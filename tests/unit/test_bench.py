@@ -77,6 +77,15 @@ def test_gateway_answer_times_are_differences_of_two_metric_snapshots():
     assert subtract(before, before) == {}
 
 
+def test_gateway_answer_time_percentiles_come_from_the_bucket_differences():
+    from cli.bench import subtract
+
+    before = {"POST /v1/orders": {"count": 10.0, "within_15s": 10.0, "buckets": {0.1: 10.0, 1.0: 10.0, 5.0: 10.0, 15.0: 10.0, float("inf"): 10.0}}}
+    # 100 more: 60 within 0.1 s, 39 more within 1 s, the last one within 5 s.
+    after = {"POST /v1/orders": {"count": 110.0, "within_15s": 110.0, "buckets": {0.1: 70.0, 1.0: 109.0, 5.0: 110.0, 15.0: 110.0, float("inf"): 110.0}}}
+    assert subtract(after, before) == {"POST /v1/orders": {"answered": 100, "over_15s": 0, "p50_s": 0.1, "p99_s": 1.0}}
+
+
 async def test_a_missed_deadline_says_whether_the_request_waited_for_a_connection_or_for_the_answer():
     """Two requests on a one-connection pool to a server that reads but never answers: the first
     was sent and waits for its answer, the second never got a connection from the caller's pool."""
