@@ -32,6 +32,7 @@ def create_app(
     *,
     engine: AsyncEngine | None = None,
     delivery_poll_interval_s: float = 0.2,
+    delivery_max_idle_s: float = 2.0,
     rng: random.Random | None = None,
 ) -> FastAPI:
     """The sandbox app. Nothing connects until the lifespan starts.
@@ -48,7 +49,8 @@ def create_app(
             await create_tables(db)
             app.state.engine = db
             app.state.idempotency = IdempotencyStore(db)
-            delivery = DeliveryLoop(db, settings, poll_interval_s=delivery_poll_interval_s)
+            delivery = DeliveryLoop(db, settings, poll_interval_s=delivery_poll_interval_s, max_idle_s=delivery_max_idle_s)
+            app.state.delivery = delivery
             await delivery.start()
             try:
                 yield

@@ -17,7 +17,7 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy import Interval, RowMapping, func, insert, literal, select, update
@@ -74,7 +74,7 @@ def event_plan(delay_s: float, lost: bool) -> list[tuple[str, float]]:
 
 @router.post("/shipments", status_code=201)
 async def create_shipment(
-    body: CreateShipmentRequest, key: IdempotencyKey, store: StoreDep, settings: SettingsDep
+    body: CreateShipmentRequest, key: IdempotencyKey, store: StoreDep, settings: SettingsDep, request: Request
 ) -> JSONResponse:
     async def handler(conn: AsyncConnection, attempt: Attempt) -> Outcome:
         postal_code = body.shipping_address.postal_code.strip()
@@ -107,9 +107,13 @@ async def create_shipment(
             await conn.execute(insert(events).values(due))
         return Outcome(201, {"tracking_number": tracking_number, "status": "created"})
 
-    return await store.execute(
+    response = await store.execute(
         scope="carrier.create_shipment", key=key, request=body.model_dump(mode="json"), handler=handler
     )
+    delivery = getattr(request.app.state, "delivery", None)
+    if delivery is not None and response.status_code == 201:
+        delivery.notify()  # committed: the sender's idle workers sleep until the first one is due
+    return response
 
 
 @router.post("/shipments/{tracking_number}/cancel")

@@ -8,6 +8,10 @@ progress) and POST it to ``sandbox_carrier_webhook_url``, signed twice: a carrie
 Outcomes: 2xx -> sent. Connection errors, timeouts, 408, 429 and 5xx -> retried with exponential
 backoff (capped); 404 (tracking number not known yet) -> retried a few times. Any other status -> given up (``failed``, with the reason recorded). An event is
 only sent once every earlier event of its shipment is no longer pending.
+
+A worker with nothing to send sleeps until the earliest pending event is due (at most
+``max_idle_s``); storing a shipment in this process wakes it at once (:meth:`DeliveryLoop.notify`).
+Polling every 0.2 s cost an idle sandbox about 6 % of a core.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class DeliveryLoop:
         settings: Settings,
         *,
         poll_interval_s: float = 0.2,
+        max_idle_s: float = 2.0,
         workers: int = 4,
         request_timeout_s: float = 5.0,
         base_backoff_s: float = 0.5,
@@ -72,6 +77,10 @@ class DeliveryLoop:
         self._engine = engine
         self._settings = settings
         self._poll_interval_s = poll_interval_s
+        self._max_idle_s = max(max_idle_s, poll_interval_s)
+        # Set (and replaced) by notify(): idle workers sleep until the next event is due, or until
+        # this process stores new events. Other processes' events are found within max_idle_s.
+        self._wake = asyncio.Event()
         self._workers = workers
         self._request_timeout_s = request_timeout_s
         self._base_backoff_s = base_backoff_s
@@ -85,9 +94,15 @@ class DeliveryLoop:
         self._http = httpx.AsyncClient(timeout=self._request_timeout_s)
         self._tasks = [asyncio.create_task(self._work(), name=f"sandbox-delivery-{n}") for n in range(self._workers)]
 
+    def notify(self) -> None:
+        """New events were stored (committed): idle workers look for the next due event now."""
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
     async def stop(self) -> None:
         """Let each worker finish the event in hand (bounded by the request timeout), then close."""
         self._stopping.set()
+        self.notify()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=self._request_timeout_s + 1)
             for task in pending:
@@ -100,17 +115,31 @@ class DeliveryLoop:
 
     async def _work(self) -> None:
         while not self._stopping.is_set():
+            wake = self._wake  # taken first: a notify() from here on ends this round's sleep
             try:
-                handled = await self.deliver_next()
+                if await self.deliver_next():
+                    continue
+                idle_s = await self._seconds_until_next_due()
             except Exception:
                 # A database outage must not kill the worker: log and poll again later.
                 log.warning("sandbox delivery failed", exc_info=True)
-                handled = False
-            if not handled:
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), timeout=self._poll_interval_s)
-                except TimeoutError:
-                    pass
+                idle_s = self._poll_interval_s
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=idle_s)
+            except TimeoutError:
+                pass
+
+    async def _seconds_until_next_due(self) -> float:
+        """How long to sleep when nothing is deliverable: until the earliest pending event is due
+        (at least the poll interval: one that is due but locked or waiting behind an earlier event
+        is retried at that pace), at most ``max_idle_s``."""
+        async with self._engine.connect() as conn:
+            due_in = await conn.scalar(
+                select(func.extract("epoch", func.min(events.c.next_event_at) - func.now())).where(events.c.state == "pending")
+            )
+        if due_in is None:
+            return self._max_idle_s
+        return min(max(float(due_in), self._poll_interval_s), self._max_idle_s)
 
     async def deliver_next(self) -> bool:
         """Send one due event, if any; False when nothing was due."""

@@ -368,6 +368,53 @@ async def test_failed_deliveries_are_retried_and_4xx_given_up(
         assert events[0]["last_error"].startswith("HTTP 400")
 
 
+async def _idle_sandbox(settings: Settings, max_idle_s: float):
+    """The sandbox app with its delivery loop started, sleeping up to ``max_idle_s`` when idle."""
+    from contextlib import asynccontextmanager
+
+    from sandbox.app import create_app
+
+    @asynccontextmanager
+    async def running():
+        app = create_app(settings, delivery_poll_interval_s=0.05, delivery_max_idle_s=max_idle_s)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sandbox") as client:
+                yield app, client
+
+    return running()
+
+
+async def test_an_idle_sender_wakes_for_a_new_shipment(settings: Settings, webhook_receiver: Any) -> None:
+    """Idle workers sleep until the next event is due; a shipment stored by this process wakes them
+    (without it they would sleep the whole 30 s and these events would arrive late)."""
+    settings = settings.model_copy(update={"sandbox_auto_deliver": True, "sandbox_delivery_delay_s": 0.6})
+    async with await _idle_sandbox(settings, max_idle_s=30.0) as (_, client):
+        await asyncio.sleep(0.5)  # every worker has found nothing due and gone to sleep
+        started = time.monotonic()
+        tracking = (await post(client, "/carrier/v1/shipments", shipment_body(), ref("ship"))).json()["tracking_number"]
+        got = await webhook_receiver.wait_for(tracking, 3, timeout_s=10)
+        assert [json.loads(r.body)["event"] for r in got] == ["picked_up", "in_transit", "delivered"]
+        assert time.monotonic() - started < 10
+
+
+async def test_an_idle_sender_does_not_poll_its_table(settings: Settings, webhook_receiver: Any) -> None:
+    """With nothing to send, four workers ask the database a few times per max_idle_s, not every
+    poll interval (this used to be 4 x 20 queries a second at a 0.05 s poll interval)."""
+    from sqlalchemy import event
+
+    async with await _idle_sandbox(settings, max_idle_s=2.0) as (app, _):
+        await asyncio.sleep(0.3)
+        statements: list[str] = []
+        listener = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+        event.listen(app.state.engine.sync_engine, "before_cursor_execute", listener)
+        try:
+            await asyncio.sleep(1.5)
+        finally:
+            event.remove(app.state.engine.sync_engine, "before_cursor_execute", listener)
+    selects = [s for s in statements if "sandbox_shipment_events" in s]
+    assert len(selects) <= 16, len(selects)
+
+
 # --- faults --------------------------------------------------------------------------------------
 
 
