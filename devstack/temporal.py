@@ -42,7 +42,7 @@ DEFAULT_DYNAMIC_CONFIG: dict[str, Any] = {
     "frontend.enableUpdateWorkflowExecutionAsyncAccepted": True,
     "frontend.enableExecuteMultiOperation": True,
     # The mutable-state cache keeps every workflow the server has touched, finished or not, until
-    # it is full (or an hour has passed). `start-dev` sizes it at 8096 entries, some 50 KB each for
+    # it is full (or an hour has passed). `start-dev` sizes it at 8096 entries, some 40 KB each for
     # an order: on a long run the server's memory grows for half an hour before it levels off
     # (docs/performance.md, "Soak"). 512 holds the orders in flight of a steady run on one machine and
     # caps that growth at a few minutes; a miss only reloads a workflow's state from the database.
