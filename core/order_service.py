@@ -328,45 +328,36 @@ class OrderService:
             return None
         handle: WorkflowHandle = self._client.get_workflow_handle(order_workflow_id(view.id))
         try:
-            update = await self._temporal(handle.start_update(
-                name,
-                request,
-                id=update_id,
-                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-                result_type=OrderView,
-                rpc_timeout=self._rpc_timeout,
-            ))
-        except WorkflowUpdateFailedError as error:
-            raise self._refused(error) from error
-        except WorkflowUpdateRPCTimeoutOrCancelledError as error:
-            # Not known to be accepted (no worker took the workflow task in time): never answer as
-            # if it were. The caller retries; the same update id makes a retry count once.
-            raise DependencyUnavailable("workflow service") from error
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                return None
-            raise DependencyUnavailable("workflow service") from error
-        try:
-            return await asyncio.wait_for(update.result(rpc_timeout=self._rpc_timeout), self._settings.update_wait_s)
-        except WorkflowUpdateFailedError as error:
-            raise self._refused(error) from error
-        except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
-            # Accepted but not finished in time (e.g. compensations still running): it will happen,
-            # so show where the order is now.
             try:
-                current = await self._read_model.get(view.id)
-            except DB_ERRORS as error:
-                raise DependencyUnavailable("database") from error
-            if current is None:
-                raise DependencyUnavailable("workflow service") from None
-            current.cancel_requested = current.cancel_requested or name == UPDATE_CANCEL
-            return current
+                update = await self._temporal(handle.start_update(
+                    name,
+                    request,
+                    id=update_id,
+                    wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                    result_type=OrderView,
+                    rpc_timeout=self._rpc_timeout,
+                ))
+            except WorkflowUpdateRPCTimeoutOrCancelledError as error:
+                # Not known to be accepted (no worker took the workflow task in time): never answer
+                # as if it were. The caller retries; the same update id makes a retry count once.
+                raise DependencyUnavailable("workflow service") from error
+            try:
+                return await asyncio.wait_for(update.result(rpc_timeout=self._rpc_timeout), self._settings.update_wait_s)
+            except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                # Accepted but not finished in time (e.g. compensations still running): it will
+                # happen, so show where the order is now.
+                try:
+                    current = await self._read_model.get(view.id)
+                except DB_ERRORS as error:
+                    raise DependencyUnavailable("database") from error
+                if current is None:
+                    raise DependencyUnavailable("workflow service") from None
+                current.cancel_requested = current.cancel_requested or name == UPDATE_CANCEL
+                return current
+        except WorkflowUpdateFailedError as error:  # refused by the validator or the handler
+            cause = error.cause
+            raise InvalidOrderState(cause.message if isinstance(cause, ApplicationError) else "the order refused this change") from error
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise DependencyUnavailable("workflow service") from error
-
-    @staticmethod
-    def _refused(error: WorkflowUpdateFailedError) -> InvalidOrderState:
-        cause = error.cause
-        return InvalidOrderState(cause.message if isinstance(cause, ApplicationError) else "the order refused this change")
