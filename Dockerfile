@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1.7
-# One image for every process of the platform: `orders api`, `orders worker --queue ...`,
-# `orders sandbox` and `orders db upgrade`. Built by docker-compose.yml; linted by the test suite
-# (hadolint), never built in CI (no Docker engine there).
+# One production image for every process of the platform (`orders api`, `orders worker --queue ...`,
+# `orders db upgrade`), and a `sandbox` target that adds the sandbox providers for demo stacks. Built
+# by docker-compose.yml; linted by the test suite (hadolint), never built in CI (no Docker engine).
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
-# --- build: a virtualenv with the platform and its dependencies ---------------------------------
+# --- build: a virtualenv with the platform's pinned dependencies and its sources ------------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -13,23 +13,25 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
-# Dependencies first, so a code change does not reinstall them.
-COPY pyproject.toml README.md ./
-RUN mkdir core && touch core/__init__.py \
-    && pip install . \
-    && pip uninstall --yes orders-platform
-COPY alembic.ini ./
+# Dependencies first (exactly the lock's pins), so a code change does not reinstall them.
+COPY requirements/production.txt ./requirements/
+RUN pip install --no-deps -r requirements/production.txt
+COPY pyproject.toml README.md alembic.ini ./
 COPY migrations ./migrations
 COPY core ./core
 COPY workflows ./workflows
 COPY activities ./activities
 COPY workers ./workers
 COPY api ./api
-COPY sandbox ./sandbox
 COPY cli ./cli
-COPY devstack ./devstack
 # Editable: alembic finds migrations/ next to the sources, which stay at /app in the runtime stage.
+# Only the product: the development tools (tools/: dev stack, sandbox, bench) are not in this image.
 RUN pip install --no-deps -e . && python -m compileall -q /app
+
+# --- sandbox-build: the sandbox providers for a demo stack (docker-compose.yml), not for production --
+FROM build AS sandbox-build
+COPY tools ./tools
+RUN pip install --no-deps -e ./tools && python -m compileall -q /app/tools
 
 # --- runtime: the virtualenv and the sources, as an unprivileged user -----------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -53,3 +55,12 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('HEALTHCHECK_URL', 'http://127.0.0.1:8000/healthz'), timeout=2)"]
 ENTRYPOINT ["orders"]
 CMD ["api"]
+
+# --- sandbox: the runtime image plus the sandbox payment gateway and carrier (`orders sandbox`) ----
+FROM runtime AS sandbox
+COPY --from=sandbox-build /opt/venv /opt/venv
+COPY --from=sandbox-build --chown=root:root /app/tools /app/tools
+CMD ["sandbox"]
+
+# The last stage is what a plain `docker build .` makes: the production image.
+FROM runtime AS production

@@ -3,20 +3,41 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every install goes through the lock: the product's pins (requirements/production.txt, used by the
+# Dockerfile) are a subset of these.
+LOCK := requirements/dev.txt
 
-.PHONY: dev test test-slow install clean browser test-tools
+.PHONY: dev test test-slow install lint format lock clean browser test-tools
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tools/pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[test]' -e './tools[bench]'
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 dev: $(STAMP)
 	$(BIN)/orders dev
+
+# ruff (lint and format) over the repository, mypy over the product packages (pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Re-pin after changing a dependency in pyproject.toml or tools/pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'pip-tools>=7.4,<8'
+	$(BIN)/pip-compile --quiet --strip-extras --no-header --annotation-style=line \
+		pyproject.toml -o requirements/production.txt
+	$(BIN)/pip-compile --quiet --strip-extras --no-header --annotation-style=line \
+		--extra test --extra bench pyproject.toml tools/pyproject.toml -o $(LOCK)
 
 # Chromium (apt) and playwright-core (npm) for tests/browser; where they cannot be installed the
 # browser test skips and says why, so a failure here does not stop the suite.
@@ -27,7 +48,7 @@ browser:
 test-tools:
 	-@sh scripts/install-test-tools.sh
 
-test: $(STAMP) browser test-tools
+test: lint browser test-tools
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)

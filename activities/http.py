@@ -27,9 +27,7 @@ def provider_client(settings: Settings) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=100))
 
 
-async def post_idempotent(
-    http: httpx.AsyncClient, url: str, *, json: dict, idempotency_key: str
-) -> httpx.Response:
+async def post_idempotent(http: httpx.AsyncClient, url: str, *, json: dict, idempotency_key: str) -> httpx.Response:
     """POST with an Idempotency-Key; returns only definitive answers (2xx or business 4xx)."""
     response = await http.post(url, json=json, headers={"Idempotency-Key": idempotency_key})
     if response.status_code >= 500 or response.status_code in TRANSIENT_STATUSES:
@@ -53,5 +51,7 @@ def rejected(response: httpx.Response, what: str, *, error_type: str = ERR_PROVI
         type=error_type,
         non_retryable=True,
         # Declines are business answers, not incidents: keep them out of error logs and metrics.
-        category=ApplicationErrorCategory.BENIGN if error_type == ERR_PAYMENT_DECLINED else ApplicationErrorCategory.UNSPECIFIED,
+        category=ApplicationErrorCategory.BENIGN
+        if error_type == ERR_PAYMENT_DECLINED
+        else ApplicationErrorCategory.UNSPECIFIED,
     )

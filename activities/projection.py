@@ -33,7 +33,13 @@ class ProjectionActivities:
                 )
             )
             events = [
-                {"order_id": view.id, "seq": index + 1, "status": change.status.value, "note": change.note, "at": change.at}
+                {
+                    "order_id": view.id,
+                    "seq": index + 1,
+                    "status": change.status.value,
+                    "note": change.note,
+                    "at": change.at,
+                }
                 for index, change in enumerate(view.history)
             ]
             await conn.execute(insert(order_events).values(events).on_conflict_do_nothing())

@@ -63,8 +63,11 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
     app.add_middleware(RateLimits, settings=settings)  # inside RequestGuards: 429s carry the request id
     # Before the rate limiter (shedding costs nothing), inside RequestGuards (503s carry the id).
     app.add_middleware(
-        LoadShedding, max_in_flight=settings.api_max_in_flight, request_timeout_s=settings.api_request_timeout_s,
-        max_loop_lag_s=settings.api_max_event_loop_lag_s, on_lag=lambda lag: app.state.metrics.loop_lag.set(lag),
+        LoadShedding,
+        max_in_flight=settings.api_max_in_flight,
+        request_timeout_s=settings.api_request_timeout_s,
+        max_loop_lag_s=settings.api_max_event_loop_lag_s,
+        on_lag=lambda lag: app.state.metrics.loop_lag.set(lag),
     )
     app.add_middleware(RequestGuards, max_body_bytes=settings.max_body_bytes)
     install_observability(app, settings)  # outermost: counts every answer, also the guards'

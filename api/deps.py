@@ -9,8 +9,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ApiProblem
 from core.config import Settings
-from core.order_service import Caller, OrderService
 from core.domain import DependencyUnavailable
+from core.order_service import Caller, OrderService
 from core.tokens import InvalidToken, SigningKeysUnavailable
 
 _bearer = HTTPBearer(auto_error=False, description="JWT from `orders token` (HS256) or your identity provider")
@@ -40,7 +40,10 @@ async def get_caller(
             claims = await request.app.state.verifier.verify(credentials.credentials)
         except InvalidToken:
             raise ApiProblem(
-                401, "Unauthorized", "the bearer token is invalid or expired", slug="unauthorized",
+                401,
+                "Unauthorized",
+                "the bearer token is invalid or expired",
+                slug="unauthorized",
                 headers={"WWW-Authenticate": 'Bearer realm="orders", error="invalid_token"'},
             ) from None
         except SigningKeysUnavailable as error:

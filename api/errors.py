@@ -29,7 +29,16 @@ _HTTP_SLUGS = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large
 
 
 class ApiProblem(Exception):
-    def __init__(self, status: int, title: str, detail: str | None = None, *, slug: str | None = None, headers: dict | None = None, errors: list | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        slug: str | None = None,
+        headers: dict | None = None,
+        errors: list | None = None,
+    ) -> None:
         super().__init__(detail or title)
         self.status = status
         self.title = title
@@ -39,7 +48,16 @@ class ApiProblem(Exception):
         self.errors = errors
 
 
-def problem_response(request: Request, status: int, title: str, detail: str | None = None, *, slug: str | None = None, headers: dict | None = None, errors: list | None = None) -> JSONResponse:
+def problem_response(
+    request: Request,
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    slug: str | None = None,
+    headers: dict | None = None,
+    errors: list | None = None,
+) -> JSONResponse:
     body = {
         "type": PROBLEM_BASE + slug if slug else "about:blank",
         "title": title,
@@ -56,7 +74,13 @@ def problem_response(request: Request, status: int, title: str, detail: str | No
 def _validation_errors(error: RequestValidationError) -> list[dict]:
     out = []
     for item in error.errors():
-        out.append({"loc": [str(part) for part in item.get("loc", ())], "msg": item.get("msg", ""), "type": item.get("type", "")})
+        out.append(
+            {
+                "loc": [str(part) for part in item.get("loc", ())],
+                "msg": item.get("msg", ""),
+                "type": item.get("type", ""),
+            }
+        )
     return out
 
 
@@ -74,11 +98,26 @@ def _allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiProblem)
     async def _api_problem(request: Request, error: ApiProblem):
-        return problem_response(request, error.status, error.title, error.detail, slug=error.slug, headers=error.headers, errors=error.errors)
+        return problem_response(
+            request,
+            error.status,
+            error.title,
+            error.detail,
+            slug=error.slug,
+            headers=error.headers,
+            errors=error.errors,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError):
-        return problem_response(request, 422, "Invalid request", "the request did not validate; see errors", slug="validation", errors=_validation_errors(error))
+        return problem_response(
+            request,
+            422,
+            "Invalid request",
+            "the request did not validate; see errors",
+            slug="validation",
+            errors=_validation_errors(error),
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException):
@@ -87,7 +126,14 @@ def install_error_handlers(app: FastAPI) -> None:
         if error.status_code == 405:
             # Starlette names only the first route matching the path; list every method it has.
             headers["Allow"] = ", ".join(_allowed_methods(request))
-        return problem_response(request, error.status_code, HTTPStatus(error.status_code).phrase, str(error.detail), slug=slug, headers=headers)
+        return problem_response(
+            request,
+            error.status_code,
+            HTTPStatus(error.status_code).phrase,
+            str(error.detail),
+            slug=slug,
+            headers=headers,
+        )
 
     @app.exception_handler(OrderNotFound)
     async def _not_found(request: Request, error: OrderNotFound):
@@ -99,7 +145,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UnknownSkus)
     async def _unknown_sku(request: Request, error: UnknownSkus):
-        errors = [{"loc": ["body", "items", "sku"], "msg": f"unknown SKU {sku}", "type": "unknown_sku", "sku": sku} for sku in error.skus]
+        errors = [
+            {"loc": ["body", "items", "sku"], "msg": f"unknown SKU {sku}", "type": "unknown_sku", "sku": sku}
+            for sku in error.skus
+        ]
         return problem_response(request, 422, "Unknown SKU", str(error), slug="unknown-sku", errors=errors)
 
     @app.exception_handler(MixedCurrencies)
@@ -117,9 +166,22 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DependencyUnavailable)
     async def _unavailable(request: Request, error: DependencyUnavailable):
         log.warning("dependency unavailable", dependency=error.dependency, cause=repr(error.__cause__))
-        return problem_response(request, 503, "Service unavailable", str(error), slug="unavailable", headers={"Retry-After": str(error.retry_after_s)})
+        return problem_response(
+            request,
+            503,
+            "Service unavailable",
+            str(error),
+            slug="unavailable",
+            headers={"Retry-After": str(error.retry_after_s)},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception):
         log.exception("unexpected error", path=request.url.path)
-        return problem_response(request, 500, "Internal error", "an unexpected error occurred; quote the request id when reporting it", slug="internal")
+        return problem_response(
+            request,
+            500,
+            "Internal error",
+            "an unexpected error occurred; quote the request id when reporting it",
+            slug="internal",
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 
 import structlog
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -16,8 +17,16 @@ _METHODS_WITH_BODY = {b"POST", b"PUT", b"PATCH"}
 
 
 async def send_problem(
-    send, status: int, title: str, detail: str, request_id: str, path: str, slug: str,
-    *, headers: list[tuple[bytes, bytes]] = (), id_header: bool = True,
+    send,
+    status: int,
+    title: str,
+    detail: str,
+    request_id: str,
+    path: str,
+    slug: str,
+    *,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    id_header: bool = True,
 ) -> None:
     """Answer with problem+json straight from ASGI middleware (before or instead of any route).
 
@@ -71,10 +80,26 @@ class RequestGuards:
         if scope["method"].encode() in _METHODS_WITH_BODY and path.startswith(self.json_paths_prefix) and has_body:
             content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if content_type != b"application/json":
-                return await send_problem(send, 415, "Unsupported media type", "send the body as application/json", request_id, path, "unsupported-media-type")
+                return await send_problem(
+                    send,
+                    415,
+                    "Unsupported media type",
+                    "send the body as application/json",
+                    request_id,
+                    path,
+                    "unsupported-media-type",
+                )
             length = headers.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                return await send_problem(send, 413, "Body too large", f"the body may be at most {self.max_body_bytes} bytes", request_id, path, "body-too-large")
+                return await send_problem(
+                    send,
+                    413,
+                    "Body too large",
+                    f"the body may be at most {self.max_body_bytes} bytes",
+                    request_id,
+                    path,
+                    "body-too-large",
+                )
 
         received = 0
         too_large = False
@@ -102,14 +127,30 @@ class RequestGuards:
         try:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
-            await send_problem(send, 413, "Body too large", f"the body may be at most {self.max_body_bytes} bytes", request_id, path, "body-too-large")
+            await send_problem(
+                send,
+                413,
+                "Body too large",
+                f"the body may be at most {self.max_body_bytes} bytes",
+                request_id,
+                path,
+                "body-too-large",
+            )
         except Exception:
             # Answered here rather than by Starlette's outermost handler so the 500 carries
             # X-Request-ID too; the log line has the stack trace, the caller only the id.
             log.exception("unexpected error", path=path)
             if started:
                 raise
-            await send_problem(send, 500, "Internal error", "an unexpected error occurred; quote the request id when reporting it", request_id, path, "internal")
+            await send_problem(
+                send,
+                500,
+                "Internal error",
+                "an unexpected error occurred; quote the request id when reporting it",
+                request_id,
+                path,
+                "internal",
+            )
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
 

@@ -44,7 +44,9 @@ class RequestMetrics:
     """Outermost ASGI middleware: counts every answer (also the guards' 413/415), times it, and
     writes one access-log line carrying the request id and, where there is one, the order id."""
 
-    def __init__(self, app, *, metrics: GatewayMetrics, routes=(), skip_paths: frozenset[str] = frozenset({"/metrics"})) -> None:
+    def __init__(
+        self, app, *, metrics: GatewayMetrics, routes=(), skip_paths: frozenset[str] = frozenset({"/metrics"})
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = routes
@@ -72,8 +74,14 @@ class RequestMetrics:
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.duration.labels(scope["method"], route).observe(elapsed)
             request_id = next((v.decode("latin-1") for k, v in response_headers if k.lower() == b"x-request-id"), None)
-            fields = {"method": scope["method"], "route": route, "path": scope["path"], "status": status,
-                      "duration_ms": round(elapsed * 1000, 1), "request_id": request_id}
+            fields = {
+                "method": scope["method"],
+                "route": route,
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 1),
+                "request_id": request_id,
+            }
             order_id = _order_id(scope, response_headers)
             if order_id:
                 fields["order_id"] = order_id

@@ -20,19 +20,53 @@ PROBLEM_BASE = "https://orders.example/problems/"
 
 _PROBLEM_DEFAULTS: dict[int, tuple[str, str, str]] = {
     # status: (description, slug or full type, detail of the example)
-    400: ("Idempotency-Key missing or invalid", "idempotency-key-missing", "send an Idempotency-Key header with a unique value per order"),
-    401: ("Missing, malformed or expired bearer token (or a bad webhook signature)", "unauthorized", "the bearer token is invalid or expired"),
+    400: (
+        "Idempotency-Key missing or invalid",
+        "idempotency-key-missing",
+        "send an Idempotency-Key header with a unique value per order",
+    ),
+    401: (
+        "Missing, malformed or expired bearer token (or a bad webhook signature)",
+        "unauthorized",
+        "the bearer token is invalid or expired",
+    ),
     403: ("The token's role may not do this", "forbidden", "this action needs the role operator"),
     404: ("No such order (or not yours)", "not-found", "order 0b1c2d3e-0000-5000-8000-000000000000 not found"),
-    409: ("The order's state does not allow this", "invalid-order-state", "order is shipped and can no longer be cancelled"),
+    409: (
+        "The order's state does not allow this",
+        "invalid-order-state",
+        "order is shipped and can no longer be cancelled",
+    ),
     413: ("Body larger than 64 KiB", "body-too-large", "the body may be at most 65536 bytes"),
     415: ("Body is not application/json", "unsupported-media-type", "send the body as application/json"),
-    422: ("The request did not validate (see errors), unknown SKU, or Idempotency-Key reused with another body", "validation", "the request did not validate; see errors"),
-    429: ("Over the rate limit; retry after Retry-After", QUOTA_EXCEEDED, "at most 100 submit requests per 60 s; retry after 12 s"),
-    503: ("Overloaded, timed out, or Temporal, the database or the identity provider is unavailable; retry after Retry-After", "unavailable", "database is unavailable, retry later"),
+    422: (
+        "The request did not validate (see errors), unknown SKU, or Idempotency-Key reused with another body",
+        "validation",
+        "the request did not validate; see errors",
+    ),
+    429: (
+        "Over the rate limit; retry after Retry-After",
+        QUOTA_EXCEEDED,
+        "at most 100 submit requests per 60 s; retry after 12 s",
+    ),
+    503: (
+        "Overloaded, timed out, or Temporal, the database or the identity provider is unavailable; retry after Retry-After",
+        "unavailable",
+        "database is unavailable, retry later",
+    ),
 }
-_TITLES = {400: "Idempotency-Key required", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Order state conflict",
-           413: "Body too large", 415: "Unsupported media type", 422: "Invalid request", 429: "Too many requests", 503: "Service unavailable"}
+_TITLES = {
+    400: "Idempotency-Key required",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    409: "Order state conflict",
+    413: "Body too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    429: "Too many requests",
+    503: "Service unavailable",
+}
 
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 _RATELIMIT_HEADERS = {
@@ -52,7 +86,13 @@ def problem_example(status: int) -> dict:
         "request_id": "7f9c2ba4e88f827d616045507605853e",
     }
     if status == 422:
-        example["errors"] = [{"loc": ["body", "items", "0", "quantity"], "msg": "Input should be less than or equal to 1000", "type": "less_than_equal"}]
+        example["errors"] = [
+            {
+                "loc": ["body", "items", "0", "quantity"],
+                "msg": "Input should be less than or equal to 1000",
+                "type": "less_than_equal",
+            }
+        ]
     return example
 
 
@@ -71,7 +111,14 @@ def problems(*statuses: int, **descriptions: str) -> dict:
     return out
 
 
-_ADDRESS = {"name": "Ada Lovelace", "line1": "Unter den Linden 1", "line2": None, "city": "Berlin", "postal_code": "10117", "country": "DE"}
+_ADDRESS = {
+    "name": "Ada Lovelace",
+    "line1": "Unter den Linden 1",
+    "line2": None,
+    "city": "Berlin",
+    "postal_code": "10117",
+    "country": "DE",
+}
 ORDER_EXAMPLE = {
     "id": "3f0a8a4e-5b8e-5c55-9a61-7f5f2f0f8a11",
     "customer_id": "alice",
@@ -92,7 +139,10 @@ ORDER_EXAMPLE = {
 _EXAMPLES_BY_SCHEMA = {
     "OrderView": ORDER_EXAMPLE,
     "OrderList": {"items": [ORDER_EXAMPLE], "next_cursor": "eyJ0IjoiMjAyNS0wMS0wMVQxMjowMDowMFoiLCJpZCI6IjNmMGEifQ"},
-    "ProductList": {"items": [{"sku": "MUG-WHT", "name": "Mug, white", "unit_price": 1299, "currency": "EUR", "available": 42}], "next_cursor": None},
+    "ProductList": {
+        "items": [{"sku": "MUG-WHT", "name": "Mug, white", "unit_price": 1299, "currency": "EUR", "available": 42}],
+        "next_cursor": None,
+    },
     "Accepted": {"status": "accepted"},
     "Health": {"status": "ok", "checks": {"database": "ok", "temporal": "ok"}},
     "Problem": problem_example(503),
@@ -124,9 +174,9 @@ def install_openapi(app: FastAPI) -> None:
         for model in (Problem, CarrierEventBody):  # referenced by hand, not through a route's model
             _add_schema(schemas, model)
         for path, operations in document.get("paths", {}).items():
-            for method, operation in operations.items():
+            for _method, operation in operations.items():
                 limited = path.startswith("/v1/")
-                for status, response in operation.get("responses", {}).items():
+                for _status, response in operation.get("responses", {}).items():
                     if limited:
                         response.setdefault("headers", {}).update(copy.deepcopy(_RATELIMIT_HEADERS))
                     for media in response.get("content", {}).values():
@@ -137,4 +187,4 @@ def install_openapi(app: FastAPI) -> None:
         app.openapi_schema = document
         return document
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema

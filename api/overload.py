@@ -36,7 +36,16 @@ EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 class LoadShedding:
     TICK_S = 0.1
 
-    def __init__(self, app, *, max_in_flight: int, request_timeout_s: float, max_loop_lag_s: float = 1.0, retry_after_s: float = 1.0, on_lag=None) -> None:
+    def __init__(
+        self,
+        app,
+        *,
+        max_in_flight: int,
+        request_timeout_s: float,
+        max_loop_lag_s: float = 1.0,
+        retry_after_s: float = 1.0,
+        on_lag=None,
+    ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         if request_timeout_s <= 0:
@@ -63,8 +72,15 @@ class LoadShedding:
                 else f"the gateway is {self.loop_lag_s:.1f} s behind"
             )
             return await send_problem(
-                send, 503, "Overloaded", f"{why}; retry after {self.retry_after} s",
-                request_id, scope["path"], "overloaded", headers=[(b"retry-after", self.retry_after.encode())], id_header=False,
+                send,
+                503,
+                "Overloaded",
+                f"{why}; retry after {self.retry_after} s",
+                request_id,
+                scope["path"],
+                "overloaded",
+                headers=[(b"retry-after", self.retry_after.encode())],
+                id_header=False,
             )
 
         started = False
@@ -93,12 +109,20 @@ class LoadShedding:
             # The answer is already streaming; it is not ours to replace. Wait for it.
             return await handler
         detached = True
-        log.warning("request timed out; answered 503, handler continues", path=scope["path"], timeout_s=self.request_timeout_s)
+        log.warning(
+            "request timed out; answered 503, handler continues", path=scope["path"], timeout_s=self.request_timeout_s
+        )
         await send_problem(
-            send, 503, "Request timed out",
+            send,
+            503,
+            "Request timed out",
             f"no answer within {self.request_timeout_s:g} s; retry after {self.retry_after} s "
             "(a submission is safe to retry with the same Idempotency-Key)",
-            request_id, scope["path"], "timeout", headers=[(b"retry-after", self.retry_after.encode())], id_header=False,
+            request_id,
+            scope["path"],
+            "timeout",
+            headers=[(b"retry-after", self.retry_after.encode())],
+            id_header=False,
         )
 
     def _watch_loop_lag(self) -> None:

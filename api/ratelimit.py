@@ -100,9 +100,7 @@ class RateLimits:
             "read": parse(settings.rate_limit_read),
             "webhook": parse(settings.rate_limit_webhook),
         }
-        self._policies = {
-            name: f'"{name}";q={item.amount};w={item.get_expiry()}' for name, item in self._items.items()
-        }
+        self._policies = {name: f'"{name}";q={item.amount};w={item.get_expiry()}' for name, item in self._items.items()}
         self._proxies = _Proxies(settings.trusted_proxies)
         self._limiter: SlidingWindowCounterRateLimiter | None = None
 
@@ -114,8 +112,11 @@ class RateLimits:
             if "redis" in uri:
                 timeout = self._settings.rate_limit_timeout_s
                 options = dict(
-                    implementation="redispy", key_prefix=KEY_PREFIX, wrap_exceptions=True,
-                    socket_connect_timeout=timeout, socket_timeout=timeout,
+                    implementation="redispy",
+                    key_prefix=KEY_PREFIX,
+                    wrap_exceptions=True,
+                    socket_connect_timeout=timeout,
+                    socket_timeout=timeout,
                 )
             self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options))
         return self._limiter
@@ -146,9 +147,13 @@ class RateLimits:
         try:
             # Only a remote storage gets the deadline: in memory, a slow answer means a busy event
             # loop, not an unreachable storage, and must not switch the limits off.
-            timeout = None if self._settings.rate_limit_storage.startswith(("memory", "async+memory")) else self._settings.rate_limit_timeout_s
+            timeout = (
+                None
+                if self._settings.rate_limit_storage.startswith(("memory", "async+memory"))
+                else self._settings.rate_limit_timeout_s
+            )
             allowed, stats = await asyncio.wait_for(self._hit(item, name, caller), timeout)
-        except (StorageError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, StorageError, OSError) as error:
             log.warning("rate-limit storage unavailable; request let through", route_class=name, error=repr(error))
             return await self.app(scope, receive, send)
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import importlib
+import signal
 import sys
-from pathlib import Path
+import threading
+from collections.abc import Callable
+from importlib.metadata import entry_points
 
 from core.config import Settings, get_settings
 
@@ -36,7 +39,11 @@ def cmd_api(args: argparse.Namespace) -> int:
     configure_logging(settings, process="api")
     port = args.port or settings.api_port
     uvicorn.run(
-        create_app(settings), host=args.host or settings.api_host, port=port, log_config=None, access_log=False,
+        create_app(settings),
+        host=args.host or settings.api_host,
+        port=port,
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=settings.api_shutdown_grace_s,
     )
     return 0
@@ -50,18 +57,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _require_database(settings)
     configure_logging(settings, process="worker")
     asyncio.run(run_workers(settings, args.queue or None))
-    return 0
-
-
-def cmd_sandbox(args: argparse.Namespace) -> int:
-    from core.logging import configure_logging
-    from sandbox.server import run
-
-    settings = _settings()
-    if not settings.effective_sandbox_database_url:
-        raise CliError("ORDERS_DATABASE_URL (or ORDERS_SANDBOX_DATABASE_URL) must be set for the sandbox")
-    configure_logging(settings, process="sandbox")
-    run(settings)
     return 0
 
 
@@ -104,12 +99,6 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dev(args: argparse.Namespace) -> int:
-    from cli.dev import run_dev
-
-    return run_dev(args, _settings())
-
-
 def _require_database(settings: Settings) -> None:
     if not settings.database_url:
         raise CliError("ORDERS_DATABASE_URL is not set; `orders dev` starts an embedded PostgreSQL and sets it")
@@ -118,16 +107,6 @@ def _require_database(settings: Settings) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orders", description="Order processing platform")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    dev = sub.add_parser("dev", help="run the whole platform on embedded defaults (Ctrl-C stops it)")
-    dev.add_argument("--api-port", type=int, default=8000)
-    dev.add_argument("--temporal-port", type=int, default=7233)
-    dev.add_argument("--ui-port", type=int, default=8233)
-    dev.add_argument("--sandbox-port", type=int, default=8100)
-    dev.add_argument("--postgres-port", type=int, default=5433)
-    dev.add_argument("--data-dir", type=Path, default=None, help="where data is kept (default .data)")
-    dev.add_argument("--no-worker", action="store_true", help="start everything but the worker")
-    dev.set_defaults(func=cmd_dev)
 
     api = sub.add_parser("api", help="run the HTTP gateway")
     api.add_argument("--host", default=None)
@@ -143,9 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(func=cmd_worker)
 
-    sandbox = sub.add_parser("sandbox", help="run the sandbox payment gateway and carrier")
-    sandbox.set_defaults(func=cmd_sandbox)
-
     db = sub.add_parser("db", help="database tasks")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="TASK")
     upgrade = db_sub.add_parser("upgrade", help="apply migrations")
@@ -160,29 +136,71 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token.set_defaults(func=cmd_token)
 
-    # Further command groups live in their own modules, each with `register(subparsers)`.
-    import importlib
-
-    for module in EXTRA_COMMAND_MODULES:
+    for module in PRODUCT_COMMAND_MODULES:
         importlib.import_module(module).register(sub)
+    _register_tool_commands(sub)
     return parser
 
 
-# Modules that add subcommands (e.g. "cli.replay"); each defines register(subparsers).
-EXTRA_COMMAND_MODULES: list[str] = [
-    "cli.bench",  # orders bench: load, latency, Temporal cost, baselines
-    "cli.chaos",  # orders chaos: faults while a bench runs, then the invariants
+# Operator commands that ship with the product; each module defines register(subparsers).
+PRODUCT_COMMAND_MODULES: list[str] = [
     "cli.replay",  # orders replay, orders history export
     "cli.retry",  # orders retry ORDER_ID
     "cli.temporal_admin",  # orders temporal setup
 ]
 
+#: Entry-point group through which the development tools (the `orders-tools` distribution in
+#: tools/: dev stack, sandbox providers, bench and chaos) add their commands.
+TOOL_COMMANDS_GROUP = "orders.commands"
+#: What each tool command is, for the one-line error when the tools are not installed.
+TOOL_COMMANDS = {
+    "dev": "run the whole platform on embedded defaults",
+    "sandbox": "run the sandbox payment gateway and carrier",
+    "bench": "measure throughput, latency and cost per order",
+    "chaos": "inject faults under load, then check the invariants",
+}
+TOOLS_MISSING = (
+    "`orders {name}` comes with the development tools, which are not installed here: "
+    "pip install -e ./tools (from a checkout; `make dev` and `make test` install them)"
+)
+
+
+def _register_tool_commands(sub: argparse._SubParsersAction) -> None:
+    found = {entry.name: entry for entry in entry_points(group=TOOL_COMMANDS_GROUP)}
+    for name, help_text in TOOL_COMMANDS.items():
+        if name not in found:
+            missing = sub.add_parser(name, help=f"{help_text} (development tools, not installed)", add_help=False)
+            missing.add_argument("rest", nargs=argparse.REMAINDER)
+            missing.set_defaults(func=_tools_missing(name))
+    for _, entry in sorted(found.items()):
+        entry.load()(sub)
+
+
+def _tools_missing(name: str) -> Callable[[argparse.Namespace], int]:
+    def refuse(args: argparse.Namespace) -> int:
+        raise CliError(TOOLS_MISSING.format(name=name))
+
+    return refuse
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop this process the way Ctrl-C does: raise KeyboardInterrupt in the main
+    thread, so ``with``/``finally`` blocks and pytest's fixture finalizers stop what this process
+    started. Python's default for SIGTERM is to die on the spot, which leaves children in their own
+    sessions running; ``timeout`` and CI runners stop a command with SIGTERM. Processes that handle
+    SIGTERM themselves (uvicorn, the worker, the ``orders dev`` supervisor) replace this handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from devstack.processes import stop_on_sigterm
-
     stop_on_sigterm()  # `timeout orders bench ...` must stop the stack it started, as Ctrl-C does
     try:
         return args.func(args)

@@ -21,16 +21,24 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     replay = sub.add_parser("replay", help="replay workflow histories against the current code (nondeterminism check)")
-    replay.add_argument("workflow_ids", nargs="*", metavar="WORKFLOW_ID", help="order-<id> (default: a visibility query)")
-    replay.add_argument("--query", help="visibility query (default: failed or terminated order workflows of the last --days)")
+    replay.add_argument(
+        "workflow_ids", nargs="*", metavar="WORKFLOW_ID", help="order-<id> (default: a visibility query)"
+    )
+    replay.add_argument(
+        "--query", help="visibility query (default: failed or terminated order workflows of the last --days)"
+    )
     replay.add_argument("--days", type=int, default=7, help="window of the default query (default 7)")
-    replay.add_argument("--file", action="append", type=Path, default=[], help="exported JSON history, or a folder of them (repeatable)")
+    replay.add_argument(
+        "--file", action="append", type=Path, default=[], help="exported JSON history, or a folder of them (repeatable)"
+    )
     replay.add_argument("--limit", type=int, default=None, help="at most this many workflows from the query")
     replay.set_defaults(func=cmd_replay)
 
     history = sub.add_parser("history", help="workflow histories")
     history_sub = history.add_subparsers(dest="history_command", required=True, metavar="TASK")
-    export = history_sub.add_parser("export", help="save histories as JSON (for `orders replay --file` and golden tests)")
+    export = history_sub.add_parser(
+        "export", help="save histories as JSON (for `orders replay --file` and golden tests)"
+    )
     export.add_argument("workflow_ids", nargs="*", metavar="WORKFLOW_ID")
     export.add_argument("--query", help="export every workflow matching this visibility query")
     export.add_argument("--limit", type=int, default=None)
@@ -56,7 +64,14 @@ def _history_files(paths: list[Path]) -> list[Path]:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from cli.main import CliError, _settings
-    from workers.replay import ReplayOutcome, default_failed_query, histories_by_ids, histories_by_query, load_history_file, replay
+    from workers.replay import (
+        ReplayOutcome,
+        default_failed_query,
+        histories_by_ids,
+        histories_by_query,
+        load_history_file,
+        replay,
+    )
 
     settings = _settings()
     if args.file and (args.workflow_ids or args.query):
@@ -110,7 +125,11 @@ def cmd_history_export(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         client = await _client(settings)
-        source = histories_by_ids(client, args.workflow_ids) if args.workflow_ids else histories_by_query(client, args.query, args.limit)
+        source = (
+            histories_by_ids(client, args.workflow_ids)
+            if args.workflow_ids
+            else histories_by_query(client, args.query, args.limit)
+        )
         args.out.mkdir(parents=True, exist_ok=True)
         count = 0
         async for history in source:
@@ -157,4 +176,6 @@ def _run(coroutine):
     except RPCError as error:
         if error.status.name == "NOT_FOUND":
             raise CliError(f"not found: {error.message}") from None
-        raise CliError(f"Temporal refused the request ({error.status.name}): {error.message}".replace("\n", " ")) from None
+        raise CliError(
+            f"Temporal refused the request ({error.status.name}): {error.message}".replace("\n", " ")
+        ) from None

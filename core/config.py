@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _no_default_secrets_in_production(self) -> "Settings":
+    def _no_default_secrets_in_production(self) -> Settings:
         if self.environment == "production":
             if self.jwt_secret == DEV_JWT_SECRET and not self.jwt_jwks_url:
                 raise ValueError("ORDERS_JWT_SECRET (or ORDERS_JWT_JWKS_URL) must be set in production")
@@ -159,7 +159,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _token_algorithms_match_the_key_source(self) -> "Settings":
+    def _token_algorithms_match_the_key_source(self) -> Settings:
         # Algorithm confusion: a shared secret must never verify a token meant for public keys.
         if self.jwt_jwks_url:
             if "jwt_algorithms" not in self.model_fields_set:
@@ -171,7 +171,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _codec_keys_usable(self) -> "Settings":
+    def _codec_keys_usable(self) -> Settings:
         from core.codec import parse_keys  # validates format and length; the message is the error
 
         keys = parse_keys(self.codec_keys)

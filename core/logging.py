@@ -16,7 +16,7 @@ from core.observability import quiet_temporal_log_messages, temporal_log_context
 
 def configure_logging(settings: Settings, *, process: str) -> None:
     as_json = settings.log_json if settings.log_json is not None else not sys.stdout.isatty()
-    shared = [
+    shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         temporal_log_context,  # workflow/activity ids from workflow.logger and activity.logger
         structlog.stdlib.add_log_level,

@@ -55,7 +55,10 @@ def _prometheus_runtime(bind_address: str) -> Runtime:
                 bind_address=bind_address,
                 counters_total_suffix=True,
                 durations_as_seconds=True,
-                histogram_bucket_overrides={ORDERS_RECEIVED_TO_SHIPPED: LEAD_TIME_BUCKETS, ORDERS_TIME_TO_TERMINAL: LEAD_TIME_BUCKETS},
+                histogram_bucket_overrides={
+                    ORDERS_RECEIVED_TO_SHIPPED: LEAD_TIME_BUCKETS,
+                    ORDERS_TIME_TO_TERMINAL: LEAD_TIME_BUCKETS,
+                },
             ),
         )
     )
@@ -99,7 +102,10 @@ class GatewayMetrics:
         )
 
         self.open_orders = Gauge(
-            "orders_open", "Orders not yet in a terminal status, from the read model", ["status"], registry=self.registry
+            "orders_open",
+            "Orders not yet in a terminal status, from the read model",
+            ["status"],
+            registry=self.registry,
         )
         self.stuck_orders = Gauge(
             "orders_stuck",
@@ -116,7 +122,7 @@ class GatewayMetrics:
         aggregate them with max(), not sum()."""
         try:
             rows = await asyncio.wait_for(open_orders(engine, settings), timeout=timeout_s)
-        except Exception as error:  # noqa: BLE001 - a scrape never fails because the database is slow
+        except Exception as error:
             self.refresh_failures.inc()
             log.warning("read-model metrics not refreshed", error=f"{type(error).__name__}: {error}")
             return
@@ -126,9 +132,9 @@ class GatewayMetrics:
             if not status.is_terminal:
                 self.open_orders.labels(status.value).set(0)
                 self.stuck_orders.labels(status.value).set(0)
-        for status, count, stuck in rows:
-            self.open_orders.labels(status).set(count)
-            self.stuck_orders.labels(status).set(stuck)
+        for row_status, count, stuck in rows:
+            self.open_orders.labels(row_status).set(count)
+            self.stuck_orders.labels(row_status).set(stuck)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

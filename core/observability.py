@@ -22,6 +22,7 @@ Every log line written while an order is handled carries the same keys, whicheve
 from __future__ import annotations
 
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -88,7 +89,7 @@ def _context_from_activity(details: dict[str, Any]) -> dict[str, Any]:
     return context
 
 
-def temporal_log_context(_logger, _method, event_dict: dict[str, Any]) -> dict[str, Any]:
+def temporal_log_context(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: turn the ``extra`` that ``workflow.logger`` / ``activity.logger`` attach
     to standard-library records into the platform's log keys (existing keys win)."""
     record = event_dict.get("_record")
@@ -160,7 +161,9 @@ class _ActivityTelemetry(ActivityInboundInterceptor):
                 else:
                     benign = isinstance(error, ApplicationError) and error.category == ApplicationErrorCategory.BENIGN
                     (log.info if benign else log.warning)(
-                        "activity failed", duration_ms=elapsed_ms, outcome=outcome,
+                        "activity failed",
+                        duration_ms=elapsed_ms,
+                        outcome=outcome,
                         error=f"{type(error).__name__}: {error}",
                     )
 

@@ -35,15 +35,14 @@ from core.db.catalog import Catalog
 from core.db.idempotency import IdempotencyStore
 from core.db.read_model import OrderPage, OrderReadModel, order_row
 from core.db.tables import order_events, orders
-from core.search_attributes import order_search_attributes, order_static_details, order_static_summary
 from core.domain import (
     ORDER_WORKFLOW,
     SIGNAL_CARRIER_EVENT,
     UPDATE_CANCEL,
     UPDATE_REVIEW,
     UPDATE_SHIPPING_ADDRESS,
-    AddressChangeRequest,
     Address,
+    AddressChangeRequest,
     CancelRequest,
     CarrierEvent,
     CarrierEventKind,
@@ -63,6 +62,7 @@ from core.domain import (
     order_id_for_key,
     order_workflow_id,
 )
+from core.search_attributes import order_search_attributes, order_static_details, order_static_summary
 
 log = structlog.get_logger(__name__)
 
@@ -211,19 +211,23 @@ class OrderService:
             delivery_deadline_s=settings.delivery_deadline_s,
         )
         try:
-            await self._temporal(self._client.start_workflow(
-                ORDER_WORKFLOW,
-                order_input,
-                id=order_workflow_id(view.id),
-                task_queue=settings.task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                static_summary=order_static_summary(view.id, view.customer_id, view.total, view.currency),
-                static_details=order_static_details(view.id, view.customer_id, view.total, view.currency, view.items),
-                # Searchable from the first moment; the workflow upserts them at every transition.
-                search_attributes=order_search_attributes(view.status, view.customer_id, view.total),
-                rpc_timeout=self._rpc_timeout,
-            ))
+            await self._temporal(
+                self._client.start_workflow(
+                    ORDER_WORKFLOW,
+                    order_input,
+                    id=order_workflow_id(view.id),
+                    task_queue=settings.task_queue,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    static_summary=order_static_summary(view.id, view.customer_id, view.total, view.currency),
+                    static_details=order_static_details(
+                        view.id, view.customer_id, view.total, view.currency, view.items
+                    ),
+                    # Searchable from the first moment; the workflow upserts them at every transition.
+                    search_attributes=order_search_attributes(view.status, view.customer_id, view.total),
+                    rpc_timeout=self._rpc_timeout,
+                )
+            )
         except WorkflowAlreadyStartedError:
             pass  # the order's workflow already ran to its end: nothing to start
         except RPCError as error:
@@ -314,7 +318,7 @@ class OrderService:
         client's own retries do); an unreachable server becomes DependencyUnavailable."""
         try:
             return await asyncio.wait_for(call, self._settings.temporal_rpc_timeout_s + 1.0)
-        except asyncio.TimeoutError as error:
+        except TimeoutError as error:
             raise DependencyUnavailable("workflow service") from error
         except RuntimeError as error:
             # A lazy client that cannot connect raises RuntimeError("Failed client connect: ...").
@@ -329,21 +333,25 @@ class OrderService:
         handle: WorkflowHandle = self._client.get_workflow_handle(order_workflow_id(view.id))
         try:
             try:
-                update = await self._temporal(handle.start_update(
-                    name,
-                    request,
-                    id=update_id,
-                    wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-                    result_type=OrderView,
-                    rpc_timeout=self._rpc_timeout,
-                ))
+                update = await self._temporal(
+                    handle.start_update(
+                        name,
+                        request,
+                        id=update_id,
+                        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                        result_type=OrderView,
+                        rpc_timeout=self._rpc_timeout,
+                    )
+                )
             except WorkflowUpdateRPCTimeoutOrCancelledError as error:
                 # Not known to be accepted (no worker took the workflow task in time): never answer
                 # as if it were. The caller retries; the same update id makes a retry count once.
                 raise DependencyUnavailable("workflow service") from error
             try:
-                return await asyncio.wait_for(update.result(rpc_timeout=self._rpc_timeout), self._settings.update_wait_s)
-            except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                return await asyncio.wait_for(
+                    update.result(rpc_timeout=self._rpc_timeout), self._settings.update_wait_s
+                )
+            except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
                 # Accepted but not finished in time (e.g. compensations still running): it will
                 # happen, so show where the order is now.
                 try:
@@ -356,7 +364,9 @@ class OrderService:
                 return current
         except WorkflowUpdateFailedError as error:  # refused by the validator or the handler
             cause = error.cause
-            raise InvalidOrderState(cause.message if isinstance(cause, ApplicationError) else "the order refused this change") from error
+            raise InvalidOrderState(
+                cause.message if isinstance(cause, ApplicationError) else "the order refused this change"
+            ) from error
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 return None

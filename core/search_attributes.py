@@ -9,6 +9,7 @@ never encrypted: they hold ids, statuses and amounts, never personal data.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, SearchAttributeUpdate, TypedSearchAttributes
@@ -32,7 +33,7 @@ def order_search_attributes(
     status: OrderStatus, customer_id: str, total: int, reason: FailureReason | None = None
 ) -> TypedSearchAttributes:
     """The attributes of an order in one state (FailureReason is left out while there is none)."""
-    pairs = [
+    pairs: list[SearchAttributePair[Any]] = [
         SearchAttributePair(ORDER_STATUS, status.value),
         SearchAttributePair(CUSTOMER_ID, customer_id),
         SearchAttributePair(ORDER_TOTAL, total),
@@ -49,7 +50,9 @@ def order_search_attribute_updates(
     return [pair.key.value_set(pair.value) for pair in order_search_attributes(status, customer_id, total, reason)]
 
 
-def order_status_search_attribute_updates(status: OrderStatus, reason: FailureReason | None = None) -> list[SearchAttributeUpdate]:
+def order_status_search_attribute_updates(
+    status: OrderStatus, reason: FailureReason | None = None
+) -> list[SearchAttributeUpdate]:
     """Only what a transition changes: the status, and the failure reason once there is one."""
     updates = [ORDER_STATUS.value_set(status.value)]
     if reason is not None:
@@ -64,7 +67,6 @@ async def ensure_search_attributes(client: Client, namespace: str, *, timeout_s:
     """
     from temporalio.api.enums.v1 import IndexedValueType
     from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
-
     from temporalio.service import RPCError, RPCStatusCode
 
     timeout = timedelta(seconds=timeout_s)

@@ -16,7 +16,6 @@ from core.metrics import worker_runtime
 from core.tracing import client_interceptors
 
 
-
 def payload_codec(settings: Settings) -> EncryptionCodec:
     """The AES-256-GCM codec with the keys from settings (also used by the gateway's /codec)."""
     return EncryptionCodec(parse_keys(settings.codec_keys), settings.codec_active_key)

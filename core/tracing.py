@@ -37,7 +37,9 @@ def build_tracer_provider(settings: Settings, *, process: str) -> TracerProvider
     endpoint = settings.otlp_endpoint.rstrip("/")
     if not endpoint.endswith("/v1/traces"):
         endpoint += "/v1/traces"
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, headers=settings.otlp_headers or None)))
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, headers=settings.otlp_headers or None))
+    )
     return provider
 
 

@@ -170,8 +170,11 @@ async def record(target: Path) -> None:
                         final = await handle.result()
                         history = await handle.fetch_history()
                         (target / f"{scenario}.json").write_text(history.to_json())
-                        print(f"{scenario:15} {final.status.value}/{final.failure_reason and final.failure_reason.value}"
-                              f"  {len(history.events)} events", flush=True)
+                        print(
+                            f"{scenario:15} {final.status.value}/{final.failure_reason and final.failure_reason.value}"
+                            f"  {len(history.events)} events",
+                            flush=True,
+                        )
             finally:
                 await env.shutdown()
                 await engine.dispose()

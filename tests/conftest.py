@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cli.main import stop_on_sigterm
 from core.db.engine import create_engine
 from core.db.migrate import upgrade_async
 from devstack.postgres import EmbeddedPostgres
-from devstack.processes import free_port, stop_on_sigterm
+from devstack.processes import free_port
 from tests.harness import (
     Database,
     admin_dsn_from_env,

@@ -59,7 +59,9 @@ async def reservation_states(engine: AsyncEngine, order_id: uuid.UUID) -> dict[s
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
-                select(stock_reservations.c.sku, stock_reservations.c.state).where(stock_reservations.c.order_id == order_id)
+                select(stock_reservations.c.sku, stock_reservations.c.state).where(
+                    stock_reservations.c.order_id == order_id
+                )
             )
         ).all()
     return {sku: state for sku, state in rows}

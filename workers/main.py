@@ -106,7 +106,9 @@ async def run_workers(settings: Settings, concerns: Iterable[str] | None = None)
         workers = build_workers(client, settings, engine, http, concerns=concerns)
         for worker in workers:
             await stack.enter_async_context(worker)
-        log.info("workers running", task_queues=[w.task_queue for w in workers], metrics_port=settings.worker_metrics_port)
+        log.info(
+            "workers running", task_queues=[w.task_queue for w in workers], metrics_port=settings.worker_metrics_port
+        )
         await stop.wait()
         log.info("shutting down workers, letting in-flight activities finish")
     log.info("workers stopped")

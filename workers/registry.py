@@ -29,7 +29,9 @@ class QueueSpec:
     max_activities_per_second: float | None = None
 
 
-def queue_specs(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient, task_queue: str | None = None) -> dict[str, QueueSpec]:
+def queue_specs(
+    settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient, task_queue: str | None = None
+) -> dict[str, QueueSpec]:
     """Every queue of the platform, keyed by concern (orchestration, inventory, payments, shipping)."""
     base = task_queue or settings.task_queue
     stock = StockActivities(engine)

@@ -63,13 +63,17 @@ async def replay(
     on_outcome: Callable[[ReplayOutcome], None] | None = None,
 ) -> list[ReplayOutcome]:
     """Replay each history; never raises for a history that does not replay (see ``ok``/``detail``)."""
-    if not hasattr(histories, "__aiter__"):
+    if not isinstance(histories, AsyncIterator):
         histories = _aiter(histories)
     outcomes: list[ReplayOutcome] = []
     async with replayer(settings).workflow_replay_iterator(histories) as results:
         async for result in results:
             history = result.history
-            run_id = history.events[0].workflow_execution_started_event_attributes.original_execution_run_id if history.events else None
+            run_id = (
+                history.events[0].workflow_execution_started_event_attributes.original_execution_run_id
+                if history.events
+                else None
+            )
             failure = result.replay_failure
             outcome = ReplayOutcome(
                 workflow_id=history.workflow_id,

@@ -54,7 +54,9 @@ async def retry_order(client: Client, settings: Settings, order_id: uuid.UUID, *
             f"order {order_id} ended as {outcome}, a business outcome whose compensations already ran; place a new order instead"
         )
     if status not in RETRYABLE:
-        raise RetryRefused(f"order {order_id} is {status.name.lower()}; only failed, terminated, timed-out or cancelled workflows can be retried")
+        raise RetryRefused(
+            f"order {order_id} is {status.name.lower() if status else 'unknown'}; only failed, terminated, timed-out or cancelled workflows can be retried"
+        )
 
     history = await handle.fetch_history()
     [replayed] = await replay(settings, [history])

@@ -7,7 +7,6 @@ succeeds and run in reverse when the order ends early.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -161,14 +160,16 @@ class OrderWorkflow:
     async def _await_review(self) -> None:
         await self._transition(OrderStatus.AWAITING_REVIEW)
         deadline = workflow.now() + timedelta(seconds=self._order.review_timeout_s)
-        self._step(f"Waiting for an operator's review (total {self._money()}); cancelled if none by {deadline:%Y-%m-%d %H:%M} UTC")
+        self._step(
+            f"Waiting for an operator's review (total {self._money()}); cancelled if none by {deadline:%Y-%m-%d %H:%M} UTC"
+        )
         try:
             await workflow.wait_condition(
                 lambda: self._review is not None or self._cancel is not None,
                 timeout=timedelta(seconds=self._order.review_timeout_s),
                 timeout_summary="review timeout",
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise OrderEnded(OrderStatus.CANCELLED, FailureReason.REVIEW_TIMEOUT) from None
         self._raise_if_cancelled()
         assert self._review is not None
@@ -252,14 +253,16 @@ class OrderWorkflow:
 
     async def _await_delivery(self) -> None:
         deadline = workflow.now() + timedelta(seconds=self._order.delivery_deadline_s)
-        self._step(f"Waiting for delivery of {self._view.tracking_number}; refunded if not delivered by {deadline:%Y-%m-%d %H:%M} UTC")
+        self._step(
+            f"Waiting for delivery of {self._view.tracking_number}; refunded if not delivered by {deadline:%Y-%m-%d %H:%M} UTC"
+        )
         try:
             await workflow.wait_condition(
                 lambda: self._delivery is not None,
                 timeout=timedelta(seconds=self._order.delivery_deadline_s),
                 timeout_summary="delivery deadline",
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise OrderEnded(OrderStatus.FAILED, FailureReason.LOST_IN_TRANSIT, "no delivery by the deadline") from None
         if self._delivery == CarrierEventKind.LOST:
             raise OrderEnded(OrderStatus.FAILED, FailureReason.LOST_IN_TRANSIT, "carrier reported the parcel lost")
@@ -372,9 +375,7 @@ class OrderWorkflow:
         if self._review is not None and self._review.decision == request.decision:
             return  # the same decision again changes nothing and answers the same
         if self._view.status != OrderStatus.AWAITING_REVIEW or self._review is not None or self._cancel is not None:
-            raise ApplicationError(
-                f"order is {self._view.status.value}, not awaiting review", type=ERR_INVALID_STATE
-            )
+            raise ApplicationError(f"order is {self._view.status.value}, not awaiting review", type=ERR_INVALID_STATE)
 
     @workflow.update(name=UPDATE_SHIPPING_ADDRESS)
     async def change_shipping_address(self, request: AddressChangeRequest) -> OrderView:

@@ -22,7 +22,8 @@ ORDERS_COMPENSATIONS = "orders_compensations"
 def status_changed(order: OrderInput, status: OrderStatus, reason: FailureReason | None) -> None:
     """Log the transition and count terminal outcomes and the received-to-shipped lead time."""
     workflow.logger.info(
-        "order %s", status.value,
+        "order %s",
+        status.value,
         extra={"order_status": status.value, "failure_reason": reason.value if reason else None},
     )
     meter = workflow.metric_meter()

@@ -45,7 +45,14 @@ _BODY = {
     response_model=Accepted,
     summary="Carrier event (picked_up, in_transit, delivered, lost)",
     responses=problems(
-        401, 403, 404, 413, 415, 422, 429, 503,
+        401,
+        403,
+        404,
+        413,
+        415,
+        422,
+        429,
+        503,
         _401="Missing or invalid carrier token, or a missing, wrong or stale Carrier-Signature",
         _403="The token is not a carrier's",
         _404="Unknown tracking number",
@@ -59,20 +66,33 @@ async def carrier_event(
     settings: SettingsDep,
     signature: Annotated[
         str | None,
-        Header(alias=SIGNATURE_HEADER, max_length=1024, description='`t=<unix seconds>,v1=<hex HMAC-SHA256 of "{t}.{raw body}">`'),
+        Header(
+            alias=SIGNATURE_HEADER,
+            max_length=1024,
+            description='`t=<unix seconds>,v1=<hex HMAC-SHA256 of "{t}.{raw body}">`',
+        ),
     ] = None,
 ) -> Accepted:
     raw = await request.body()
     try:
-        verify_webhook(settings.carrier_webhook_secret, raw, signature, time.time(), settings.carrier_webhook_tolerance_s)
+        verify_webhook(
+            settings.carrier_webhook_secret, raw, signature, time.time(), settings.carrier_webhook_tolerance_s
+        )
     except WebhookSignatureError as error:
         raise ApiProblem(
-            401, "Invalid signature", str(error), slug="invalid-signature",
+            401,
+            "Invalid signature",
+            str(error),
+            slug="invalid-signature",
             headers={"WWW-Authenticate": f'{SIGNATURE_HEADER} realm="orders"'},
         ) from None
     try:
         body = CarrierEventBody.model_validate_json(raw)
     except ValidationError as error:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)]) from None
-    await service.carrier_event(CarrierEventSignal(tracking_number=body.tracking_number, event=body.event, occurred_at=body.occurred_at))
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)]
+        ) from None
+    await service.carrier_event(
+        CarrierEventSignal(tracking_number=body.tracking_number, event=body.event, occurred_at=body.occurred_at)
+    )
     return Accepted()

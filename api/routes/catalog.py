@@ -21,5 +21,8 @@ async def list_products(request: Request, caller: CallerDep) -> ProductList:
     except DB_ERRORS as error:
         raise DependencyUnavailable("database") from error
     return ProductList(
-        items=[ProductOut(sku=p.sku, name=p.name, unit_price=p.unit_price, currency=p.currency, available=p.available) for p in products]
+        items=[
+            ProductOut(sku=p.sku, name=p.name, unit_price=p.unit_price, currency=p.currency, available=p.available)
+            for p in products
+        ]
     )

@@ -16,10 +16,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
-from cryptography.exceptions import InvalidTag
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payloads
@@ -65,8 +65,13 @@ async def _authorize(request: Request) -> None:
     if not header:
         if settings.environment != "production" and settings.codec_allow_local_anonymous and _is_loopback(request):
             return
-        raise ApiProblem(401, "Unauthorized", "an operator's bearer token is required", slug="unauthorized",
-                         headers={"WWW-Authenticate": 'Bearer realm="orders"', **cors})
+        raise ApiProblem(
+            401,
+            "Unauthorized",
+            "an operator's bearer token is required",
+            slug="unauthorized",
+            headers={"WWW-Authenticate": 'Bearer realm="orders"', **cors},
+        )
     scheme, _, token = header.partition(" ")
     try:
         caller = await get_caller(request, HTTPAuthorizationCredentials(scheme=scheme, credentials=token.strip()))
@@ -82,8 +87,13 @@ async def _payloads(request: Request) -> Payloads:
         body: Any = await request.json()
         return json_format.ParseDict(body, Payloads(), ignore_unknown_fields=True)
     except (ValueError, json_format.ParseError, TypeError):
-        raise ApiProblem(400, "Bad request", 'expected {"payloads": [...]} as in Temporal\'s remote codec protocol',
-                         slug="bad-request", headers=_cors_headers(request)) from None
+        raise ApiProblem(
+            400,
+            "Bad request",
+            'expected {"payloads": [...]} as in Temporal\'s remote codec protocol',
+            slug="bad-request",
+            headers=_cors_headers(request),
+        ) from None
 
 
 def _codec(request: Request) -> EncryptionCodec:
@@ -117,8 +127,15 @@ async def decode(request: Request) -> JSONResponse:
     try:
         decoded = await _codec(request).decode(payloads.payloads)
     except CodecKeyError as error:
-        raise ApiProblem(422, "Unknown key", str(error), slug="codec-unknown-key", headers=_cors_headers(request)) from None
+        raise ApiProblem(
+            422, "Unknown key", str(error), slug="codec-unknown-key", headers=_cors_headers(request)
+        ) from None
     except (InvalidTag, DecodeError):  # tampered, or not sealed by us: never echo internals
-        raise ApiProblem(422, "Undecryptable payload", "a payload could not be decrypted with the configured keys",
-                         slug="codec-undecryptable", headers=_cors_headers(request)) from None
+        raise ApiProblem(
+            422,
+            "Undecryptable payload",
+            "a payload could not be decrypted with the configured keys",
+            slug="codec-undecryptable",
+            headers=_cors_headers(request),
+        ) from None
     return _answer(request, decoded)

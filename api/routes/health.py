@@ -18,7 +18,12 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, summary="Temporal and the database are reachable", responses={503: {"model": Health}})
+@router.get(
+    "/readyz",
+    response_model=Health,
+    summary="Temporal and the database are reachable",
+    responses={503: {"model": Health}},
+)
 async def readyz(request: Request):
     settings = request.app.state.settings
     checks: dict[str, str] = {}
@@ -34,8 +39,10 @@ async def readyz(request: Request):
         try:
             await asyncio.wait_for(probe(), timeout=settings.database_timeout_s)
             checks[name] = "ok"
-        except Exception as error:  # noqa: BLE001 - readiness reports any failure as not ready
+        except Exception as error:
             checks[name] = f"unavailable: {type(error).__name__}"
     ready = all(value == "ok" for value in checks.values())
     body = Health(status="ok" if ready else "unavailable", checks=checks)
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "2"})
+    return JSONResponse(
+        body.model_dump(), status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "2"}
+    )

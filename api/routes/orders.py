@@ -19,13 +19,20 @@ router = APIRouter(prefix="/v1/orders", tags=["orders"])
 
 # A bare token (as Stripe's clients send) or the draft's structured-field string ("..."): 1-255
 # visible ASCII characters; no double quote, and inside the quoted form no backslash either.
-_BARE_KEY = re.compile(r'^[\x21\x23-\x7e]{1,255}$')
+_BARE_KEY = re.compile(r"^[\x21\x23-\x7e]{1,255}$")
 _QUOTED_KEY = re.compile(r'^"([\x21\x23-\x5b\x5d-\x7e]{1,255})"$')
 _READ = problems(401, 403, 422, 429, 503)
 _ONE = problems(401, 403, 404, 422, 429, 503)
 _ACTION = problems(401, 403, 404, 413, 415, 422, 429, 503)
 _SUBMIT = problems(
-    400, 401, 403, 413, 415, 422, 429, 503,
+    400,
+    401,
+    403,
+    413,
+    415,
+    422,
+    429,
+    503,
     _403="Only customers submit orders",
     _422="Invalid body (see errors), unknown or repeated SKU, mixed currencies, or the Idempotency-Key reused with another body",
 )
@@ -34,13 +41,23 @@ _SUBMIT = problems(
 def parse_idempotency_key(raw: str | None) -> str:
     """Accept a bare token or the draft's quoted string form; 1-255 visible ASCII characters."""
     if raw is None:
-        raise ApiProblem(400, "Idempotency-Key required", "send an Idempotency-Key header with a unique value per order", slug="idempotency-key-missing")
+        raise ApiProblem(
+            400,
+            "Idempotency-Key required",
+            "send an Idempotency-Key header with a unique value per order",
+            slug="idempotency-key-missing",
+        )
     raw = raw.strip()
     if _BARE_KEY.match(raw):
         return raw
     match = _QUOTED_KEY.match(raw)
     if match is None:
-        raise ApiProblem(400, "Invalid Idempotency-Key", "the key must be 1-255 visible ASCII characters", slug="idempotency-key-invalid")
+        raise ApiProblem(
+            400,
+            "Invalid Idempotency-Key",
+            "the key must be 1-255 visible ASCII characters",
+            slug="idempotency-key-invalid",
+        )
     return match.group(1)
 
 
@@ -49,22 +66,32 @@ def parse_idempotency_key(raw: str | None) -> str:
     status_code=202,
     response_model=OrderView,
     summary="Submit an order",
-    responses={202: {"description": "Accepted (or, with `Idempotent-Replayed: true`, the first answer to this key again)"}, **_SUBMIT},
+    responses={
+        202: {"description": "Accepted (or, with `Idempotent-Replayed: true`, the first answer to this key again)"},
+        **_SUBMIT,
+    },
 )
 async def submit_order(
     body: OrderCreate,
     caller: Customer,
     service: Service,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="unique per order; retries reuse it")] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", description="unique per order; retries reuse it")
+    ] = None,
 ) -> OrderView:
     key = parse_idempotency_key(idempotency_key)
     skus = [item.sku for item in body.items]
     repeated = sorted({sku for sku in skus if skus.count(sku) > 1})
     if repeated:
         raise ApiProblem(
-            422, "Repeated SKU", f"each SKU may appear once; merge the lines of {', '.join(repeated)}", slug="validation",
-            errors=[{"loc": ["body", "items"], "msg": f"repeated SKU {sku}", "type": "repeated_sku"} for sku in repeated],
+            422,
+            "Repeated SKU",
+            f"each SKU may appear once; merge the lines of {', '.join(repeated)}",
+            slug="validation",
+            errors=[
+                {"loc": ["body", "items"], "msg": f"repeated SKU {sku}", "type": "repeated_sku"} for sku in repeated
+            ],
         )
     submission = await service.submit(
         caller, key, NewOrder([(i.sku, i.quantity) for i in body.items], body.shipping_address, body.payment_token)
@@ -101,7 +128,9 @@ async def get_order(order_id: uuid.UUID, caller: CustomerOrOperator, service: Se
     summary="Cancel an order before it ships",
     responses={**_ACTION, **problems(409, _409="Already shipped or ended otherwise")},
 )
-async def cancel_order(order_id: uuid.UUID, body: CancelBody, caller: CustomerOrOperator, service: Service) -> OrderView:
+async def cancel_order(
+    order_id: uuid.UUID, body: CancelBody, caller: CustomerOrOperator, service: Service
+) -> OrderView:
     return await service.cancel(caller, order_id, body.reason)
 
 
@@ -111,7 +140,9 @@ async def cancel_order(order_id: uuid.UUID, body: CancelBody, caller: CustomerOr
     summary="Change the shipping address before shipping",
     responses={**_ACTION, **problems(409, _409="Already shipping or ended")},
 )
-async def change_shipping_address(order_id: uuid.UUID, body: Address, caller: CustomerOrOperator, service: Service) -> OrderView:
+async def change_shipping_address(
+    order_id: uuid.UUID, body: Address, caller: CustomerOrOperator, service: Service
+) -> OrderView:
     return await service.change_shipping_address(caller, order_id, body)
 
 

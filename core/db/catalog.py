@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -50,34 +51,39 @@ class Catalog:
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
-        return [
-            Product(r["sku"], r["name"], r["unit_price"], r["currency"], r["on_hand"], r["reserved"]) for r in rows
-        ]
+        return [Product(r["sku"], r["name"], r["unit_price"], r["currency"], r["on_hand"], r["reserved"]) for r in rows]
 
-    async def prices(self, skus: list[str]) -> dict[str, tuple[int, str]]:
+    async def prices(self, skus: builtins.list[str]) -> dict[str, tuple[int, str]]:
         """Unit price and currency of each known SKU among ``skus``."""
         async with self._engine.connect() as conn:
             rows = (
                 await conn.execute(
-                    select(products.c.sku, products.c.unit_price, products.c.currency).where(
-                        products.c.sku.in_(skus)
-                    )
+                    select(products.c.sku, products.c.unit_price, products.c.currency).where(products.c.sku.in_(skus))
                 )
             ).all()
         return {sku: (price, currency) for sku, price, currency in rows}
 
 
-async def upsert_products(engine: AsyncEngine, items: list[tuple[str, str, int, int]], currency: str = DEMO_CURRENCY) -> None:
+async def upsert_products(
+    engine: AsyncEngine, items: list[tuple[str, str, int, int]], currency: str = DEMO_CURRENCY
+) -> None:
     """Create products that do not exist yet with their initial stock; existing ones are left alone."""
     now = datetime.now(UTC)
     async with engine.begin() as conn:
         await conn.execute(
             insert(products)
-            .values([{"sku": s, "name": n, "unit_price": p, "currency": currency, "created_at": now} for s, n, p, _ in items])
+            .values(
+                [
+                    {"sku": s, "name": n, "unit_price": p, "currency": currency, "created_at": now}
+                    for s, n, p, _ in items
+                ]
+            )
             .on_conflict_do_nothing()
         )
         await conn.execute(
-            insert(stock).values([{"sku": s, "on_hand": q, "reserved": 0} for s, _, _, q in items]).on_conflict_do_nothing()
+            insert(stock)
+            .values([{"sku": s, "on_hand": q, "reserved": 0} for s, _, _, q in items])
+            .on_conflict_do_nothing()
         )
 
 

@@ -34,9 +34,7 @@ class OrderStatus(StrEnum):
         return self in CANCELLABLE_STATUSES
 
 
-TERMINAL_STATUSES = frozenset(
-    {OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.FAILED}
-)
+TERMINAL_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.FAILED})
 CANCELLABLE_STATUSES = frozenset(
     {
         OrderStatus.RECEIVED,
@@ -242,6 +240,3 @@ class ProjectOrder(_Model):
 
     seq: int
     view: OrderView
-
-
-__all__ = [name for name in dir() if not name.startswith("_") and name not in {"annotations", "uuid", "datetime", "StrEnum", "BaseModel", "ConfigDict", "Field", "field_validator", "ISO_3166_ALPHA2"}]

@@ -52,6 +52,3 @@ def activity_task_queue(workflow_task_queue: str, concern: str) -> str:
 def provider_key(order_id: uuid.UUID | str, operation: str) -> str:
     """Idempotency key sent to a provider for one operation of one order (e.g. ``authorize``)."""
     return f"order-{order_id}-{operation}"
-
-
-__all__ = [name for name in dir() if not name.startswith("_") and name not in {"annotations", "uuid"}]

@@ -10,19 +10,24 @@ Revises: 0001
 Create Date: 2026-11-25 20:15:00
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = '0002'
-down_revision = '0001'
+revision = "0002"
+down_revision = "0001"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column('orders', sa.Column('tracking', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False))
+    op.add_column(
+        "orders",
+        sa.Column(
+            "tracking", postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False
+        ),
+    )
 
 
 def downgrade() -> None:
-    op.drop_column('orders', 'tracking')
+    op.drop_column("orders", "tracking")

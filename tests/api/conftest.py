@@ -51,14 +51,26 @@ def gateway_client(settings, engine, unreachable_temporal):
 @pytest.fixture
 def bearer(settings):
     def _bearer(sub: str | None = None, role: str = "customer", ttl: int = 600) -> dict[str, str]:
-        return {"Authorization": f"Bearer {mint_token(settings, sub or f'cust-{uuid.uuid4().hex[:8]}', role, ttl_s=ttl)}"}
+        return {
+            "Authorization": f"Bearer {mint_token(settings, sub or f'cust-{uuid.uuid4().hex[:8]}', role, ttl_s=ttl)}"
+        }
 
     return _bearer
 
 
-def hs_token(settings: Settings, secret: str | None = None, algorithm: str = "HS256", headers: dict | None = None, **claims) -> str:
+def hs_token(
+    settings: Settings, secret: str | None = None, algorithm: str = "HS256", headers: dict | None = None, **claims
+) -> str:
     now = int(time.time())
-    body = {"sub": "alice", "role": "customer", "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "iat": now, "nbf": now, "exp": now + 600}
+    body = {
+        "sub": "alice",
+        "role": "customer",
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+    }
     body.update(claims)
     body = {k: v for k, v in body.items() if v is not None}
     return jwt.encode(body, secret or settings.jwt_secret, algorithm=algorithm, headers=headers)

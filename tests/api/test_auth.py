@@ -31,7 +31,15 @@ def _unsigned(header: dict, claims: dict, signature: bytes = b"") -> str:
 
 def _claims(settings, **overrides) -> dict:
     now = int(time.time())
-    claims = {"sub": "alice", "role": "customer", "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "iat": now, "nbf": now, "exp": now + 600}
+    claims = {
+        "sub": "alice",
+        "role": "customer",
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+    }
     claims.update(overrides)
     return claims
 
@@ -44,7 +52,21 @@ def _assert_401(response):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing", "garbage", "not-bearer", "alg-none", "expired", "nbf-future", "wrong-aud", "wrong-iss", "no-sub", "no-exp", "wrong-secret", "unknown-role", "hs512-not-allowed"],
+    [
+        "missing",
+        "garbage",
+        "not-bearer",
+        "alg-none",
+        "expired",
+        "nbf-future",
+        "wrong-aud",
+        "wrong-iss",
+        "no-sub",
+        "no-exp",
+        "wrong-secret",
+        "unknown-role",
+        "hs512-not-allowed",
+    ],
 )
 async def test_broken_tokens_get_401_with_a_bearer_challenge(case, gateway_client, settings):
     now = int(time.time())
@@ -75,7 +97,9 @@ async def test_wrong_role_gets_403(gateway_client, bearer):
             await http.post("/v1/orders", json=order, headers={**bearer(role="operator"), "Idempotency-Key": "k1"}),
             await http.post("/v1/orders", json=order, headers={**bearer(role="carrier"), "Idempotency-Key": "k1"}),
             await http.get("/v1/orders", headers=bearer(role="carrier")),
-            await http.post("/v1/orders/00000000-0000-0000-0000-000000000001/review", json={"decision": "approve"}, headers=bearer()),
+            await http.post(
+                "/v1/orders/00000000-0000-0000-0000-000000000001/review", json={"decision": "approve"}, headers=bearer()
+            ),
             await http.post("/v1/carrier/events", json={}, headers=bearer()),
             await http.get("/v1/orders", params={"customer_id": "bob"}, headers=bearer()),
         ]
@@ -84,7 +108,12 @@ async def test_wrong_role_gets_403(gateway_client, bearer):
 
 
 async def test_customer_id_comes_from_the_token_not_the_body(gateway_client, bearer):
-    order = {"items": [{"sku": "X", "quantity": 1}], "shipping_address": ADDRESS, "payment_token": "tok_ok", "customer_id": "bob"}
+    order = {
+        "items": [{"sku": "X", "quantity": 1}],
+        "shipping_address": ADDRESS,
+        "payment_token": "tok_ok",
+        "customer_id": "bob",
+    }
     async with gateway_client() as http:
         response = await http.post("/v1/orders", json=order, headers={**bearer(), "Idempotency-Key": "k2"})
     body = assert_problem(response, 422)
@@ -92,6 +121,7 @@ async def test_customer_id_comes_from_the_token_not_the_body(gateway_client, bea
 
 
 # --- JWKS (production) ----------------------------------------------------------------------------
+
 
 class JwksServer:
     """A real JWKS endpoint on loopback; counts fetches and can be switched off."""
@@ -103,7 +133,7 @@ class JwksServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's naming
+            def do_GET(self):
                 outer.fetches += 1
                 if not outer.available:
                     self.send_response(503)
@@ -153,7 +183,11 @@ def jwks(keys):
 
 
 def _jwks_settings(jwks_server) -> dict:
-    return {"jwt_jwks_url": jwks_server.url, "jwt_algorithms": ["RS256", "ES256"], "jwt_secret": "unused-in-production-0123456789abcdef"}
+    return {
+        "jwt_jwks_url": jwks_server.url,
+        "jwt_algorithms": ["RS256", "ES256"],
+        "jwt_secret": "unused-in-production-0123456789abcdef",
+    }
 
 
 def _signed(settings, key, alg: str, kid: str | None, **claims) -> str:
@@ -164,13 +198,19 @@ async def test_jwks_tokens_rs256_and_es256_are_accepted_and_keys_are_cached(gate
     async with gateway_client(**_jwks_settings(jwks)) as http:
         for key, alg, kid in ((keys["rsa"], "RS256", "rsa-1"), (keys["ec"], "ES256", "ec-1")):
             for _ in range(3):
-                response = await http.get("/v1/orders", headers={"Authorization": f"Bearer {_signed(settings, key, alg, kid)}"})
+                response = await http.get(
+                    "/v1/orders", headers={"Authorization": f"Bearer {_signed(settings, key, alg, kid)}"}
+                )
                 assert response.status_code == 200, response.text
     assert jwks.fetches == 1  # one fetch, then the cache
 
 
 async def test_jwks_rejects_forgeries_and_confusion(gateway_client, settings, jwks, keys):
-    public_pem = keys["rsa"].public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = (
+        keys["rsa"]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     header = {"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}
     signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(_claims(settings)).encode())}"
     confused = f"{signing_input}.{_b64(hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest())}"
@@ -185,7 +225,12 @@ async def test_jwks_rejects_forgeries_and_confusion(gateway_client, settings, jw
         "expired": _signed(settings, keys["rsa"], "RS256", "rsa-1", exp=int(time.time()) - 60),
         "wrong audience": _signed(settings, keys["ec"], "ES256", "ec-1", aud="other-api"),
         "wrong issuer": _signed(settings, keys["ec"], "ES256", "ec-1", iss="https://evil.example"),
-        "no sub": jwt.encode({k: v for k, v in _claims(settings).items() if k != "sub"}, keys["ec"], algorithm="ES256", headers={"kid": "ec-1"}),
+        "no sub": jwt.encode(
+            {k: v for k, v in _claims(settings).items() if k != "sub"},
+            keys["ec"],
+            algorithm="ES256",
+            headers={"kid": "ec-1"},
+        ),
     }
     async with gateway_client(**_jwks_settings(jwks)) as http:
         for name, token in cases.items():
@@ -197,7 +242,9 @@ async def test_jwks_rejects_forgeries_and_confusion(gateway_client, settings, jw
 async def test_jwks_unreachable_is_503_not_401_or_500(gateway_client, settings, jwks, keys):
     jwks.available = False
     async with gateway_client(**_jwks_settings(jwks)) as http:
-        response = await http.get("/v1/orders", headers={"Authorization": f"Bearer {_signed(settings, keys['rsa'], 'RS256', 'rsa-1')}"})
+        response = await http.get(
+            "/v1/orders", headers={"Authorization": f"Bearer {_signed(settings, keys['rsa'], 'RS256', 'rsa-1')}"}
+        )
     assert_problem(response, 503)
     assert int(response.headers["retry-after"]) >= 1
 

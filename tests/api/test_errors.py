@@ -13,7 +13,12 @@ ADDRESS = {"name": "Ada", "line1": "Street 1", "line2": None, "city": "Berlin", 
 
 
 def order(items=None, **extra) -> dict:
-    return {"items": items or [{"sku": "MUG-WHT", "quantity": 1}], "shipping_address": ADDRESS, "payment_token": "tok_ok", **extra}
+    return {
+        "items": items or [{"sku": "MUG-WHT", "quantity": 1}],
+        "shipping_address": ADDRESS,
+        "payment_token": "tok_ok",
+        **extra,
+    }
 
 
 def _locs(body: dict) -> list[list[str]]:
@@ -37,7 +42,21 @@ def _locs(body: dict) -> list[list[str]]:
         ({**order(), "shipping_address": {**ADDRESS, "name": "n" * 201}}, ["body", "shipping_address", "name"]),
         ({**order(), "payment_token": "t" * 65}, ["body", "payment_token"]),
     ],
-    ids=["status", "total", "customer_id", "qty0", "qty1001", "unit_price", "101-lines", "no-lines", "long-sku", "country-XX", "country-lower", "long-name", "long-token"],
+    ids=[
+        "status",
+        "total",
+        "customer_id",
+        "qty0",
+        "qty1001",
+        "unit_price",
+        "101-lines",
+        "no-lines",
+        "long-sku",
+        "country-XX",
+        "country-lower",
+        "long-name",
+        "long-token",
+    ],
 )
 async def test_invalid_orders_get_422_naming_the_field(body, loc, gateway_client, bearer):
     async with gateway_client() as http:
@@ -56,7 +75,11 @@ async def test_repeated_sku_lines_are_rejected_not_merged(gateway_client, bearer
 
 async def test_unknown_sku_is_422_naming_it(gateway_client, bearer):
     async with gateway_client() as http:
-        response = await http.post("/v1/orders", json=order([{"sku": "NO-SUCH-SKU-X1", "quantity": 1}]), headers={**bearer(), "Idempotency-Key": "u"})
+        response = await http.post(
+            "/v1/orders",
+            json=order([{"sku": "NO-SUCH-SKU-X1", "quantity": 1}]),
+            headers={**bearer(), "Idempotency-Key": "u"},
+        )
     problem = assert_problem(response, 422)
     assert problem["errors"][0]["sku"] == "NO-SUCH-SKU-X1"
 
@@ -87,13 +110,21 @@ async def test_bodies_over_64_kib_are_413_even_streamed_and_100k_lines_never_par
 
 async def test_wrong_content_type_is_415(gateway_client, bearer):
     async with gateway_client() as http:
-        response = await http.post("/v1/orders", content=b"items=1", headers={**bearer(), "Idempotency-Key": "ct", "Content-Type": "application/x-www-form-urlencoded"})
+        response = await http.post(
+            "/v1/orders",
+            content=b"items=1",
+            headers={**bearer(), "Idempotency-Key": "ct", "Content-Type": "application/x-www-form-urlencoded"},
+        )
     assert_problem(response, 415)
 
 
 async def test_malformed_json_and_absurd_query_values_are_422(gateway_client, bearer):
     async with gateway_client() as http:
-        broken = await http.post("/v1/orders", content=b'{"items": [', headers={**bearer(), "Idempotency-Key": "j", "Content-Type": "application/json"})
+        broken = await http.post(
+            "/v1/orders",
+            content=b'{"items": [',
+            headers={**bearer(), "Idempotency-Key": "j", "Content-Type": "application/json"},
+        )
         assert_problem(broken, 422)
         for params in ({"limit": 10**9}, {"limit": 0}, {"status": "nonsense"}, {"cursor": "not-a-cursor"}):
             assert_problem(await http.get("/v1/orders", params=params, headers=bearer()), 422)

@@ -17,7 +17,11 @@ async def test_every_response_has_a_schema_and_an_example(gateway_client):
                 content = response.get("content") or {}
                 if not content or any("schema" not in media or "example" not in media for media in content.values()):
                     missing.append(f"{method.upper()} {path} {status}")
-                if status.startswith(("4", "5")) and path.startswith("/v1/") and "application/problem+json" not in content:
+                if (
+                    status.startswith(("4", "5"))
+                    and path.startswith("/v1/")
+                    and "application/problem+json" not in content
+                ):
                     missing.append(f"{method.upper()} {path} {status} is not problem+json")
             if path.startswith("/v1/"):
                 assert {"401", "429"} <= set(operation["responses"]), (method, path)

@@ -25,7 +25,11 @@ def _assert_503(response) -> None:
 async def test_temporal_unreachable_is_a_quick_503_and_leaves_no_claim(gateway_client, bearer, engine):
     sku = await new_sku(engine)
     customer = f"cust-{uuid.uuid4().hex[:8]}"
-    body = {"items": [{"sku": sku, "quantity": 1}], "shipping_address": ADDRESS.model_dump(mode="json"), "payment_token": "tok_ok"}
+    body = {
+        "items": [{"sku": sku, "quantity": 1}],
+        "shipping_address": ADDRESS.model_dump(mode="json"),
+        "payment_token": "tok_ok",
+    }
     async with gateway_client() as http:  # its Temporal client points at a closed port
         started = time.monotonic()
         response = await http.post("/v1/orders", json=body, headers={**bearer(customer), "Idempotency-Key": "k-1"})
@@ -34,7 +38,9 @@ async def test_temporal_unreachable_is_a_quick_503_and_leaves_no_claim(gateway_c
         # Reads never need Temporal.
         assert (await http.get("/v1/orders", headers=bearer(customer))).status_code == 200
     async with engine.connect() as conn:
-        claims = await conn.scalar(select(func.count()).select_from(idempotency_keys).where(idempotency_keys.c.customer_id == customer))
+        claims = await conn.scalar(
+            select(func.count()).select_from(idempotency_keys).where(idempotency_keys.c.customer_id == customer)
+        )
         rows = await conn.scalar(select(func.count()).select_from(orders).where(orders.c.customer_id == customer))
     assert (claims, rows) == (0, 0)  # the retry starts over instead of finding a half-made order
 
@@ -52,7 +58,11 @@ async def test_database_stopped_is_503_never_500_and_never_hangs(gateway_client,
                 alice = bearer()
                 assert (await http.get("/v1/orders", headers=alice)).status_code == 200
                 await asyncio.to_thread(server.stop, "immediate")
-                body = {"items": [{"sku": "ANY", "quantity": 1}], "shipping_address": ADDRESS.model_dump(mode="json"), "payment_token": "tok_ok"}
+                body = {
+                    "items": [{"sku": "ANY", "quantity": 1}],
+                    "shipping_address": ADDRESS.model_dump(mode="json"),
+                    "payment_token": "tok_ok",
+                }
                 for method, path, kwargs in (
                     ("GET", "/v1/orders", {}),
                     ("GET", f"/v1/orders/{uuid.uuid4()}", {}),
@@ -86,7 +96,9 @@ def _slow_route(app, gate: asyncio.Event, entered: list, finished: list) -> None
 
 async def test_more_requests_than_the_in_flight_limit_are_shed_at_once_with_retry_after(gateway_client, bearer):
     gate, entered, finished = asyncio.Event(), [], []
-    async with gateway_client(api_max_in_flight=2, app_hook=lambda app: _slow_route(app, gate, entered, finished)) as http:
+    async with gateway_client(
+        api_max_in_flight=2, app_hook=lambda app: _slow_route(app, gate, entered, finished)
+    ) as http:
         held = [asyncio.create_task(http.get("/v1/slow")) for _ in range(2)]
         while len(entered) < 2:
             await asyncio.sleep(0.01)
@@ -99,7 +111,10 @@ async def test_more_requests_than_the_in_flight_limit_are_shed_at_once_with_retr
         assert len(shed.headers.get_list("x-request-id")) == 1
         assert (await http.get("/healthz")).status_code == 200  # liveness is never shed
         # Counted under the route it was meant for, though it never reached the router.
-        assert 'orders_http_requests_total{method="GET",route="/v1/orders",status="503"} 1.0' in (await http.get("/metrics")).text
+        assert (
+            'orders_http_requests_total{method="GET",route="/v1/orders",status="503"} 1.0'
+            in (await http.get("/metrics")).text
+        )
         gate.set()
         assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
         assert (await http.get("/v1/orders", headers=bearer())).status_code == 200  # slots freed
@@ -107,7 +122,9 @@ async def test_more_requests_than_the_in_flight_limit_are_shed_at_once_with_retr
 
 async def test_a_request_past_the_timeout_gets_503_and_its_handler_still_finishes(gateway_client, bearer):
     gate, entered, finished = asyncio.Event(), [], []
-    async with gateway_client(api_max_in_flight=1, api_request_timeout_s=0.3, app_hook=lambda app: _slow_route(app, gate, entered, finished)) as http:
+    async with gateway_client(
+        api_max_in_flight=1, api_request_timeout_s=0.3, app_hook=lambda app: _slow_route(app, gate, entered, finished)
+    ) as http:
         started = time.monotonic()
         response = await http.get("/v1/slow")
         assert time.monotonic() - started < 5
@@ -152,7 +169,11 @@ async def test_a_gateway_whose_event_loop_runs_late_sheds_new_requests_until_it_
         body = assert_problem(shed, 503)
         assert body["type"].endswith("/overloaded") and "behind" in body["detail"]
         assert shed.headers["retry-after"] == "1"
-        lag = next(line for line in (await http.get("/metrics")).text.splitlines() if line.startswith("orders_gateway_event_loop_lag_seconds "))
+        lag = next(
+            line
+            for line in (await http.get("/metrics")).text.splitlines()
+            if line.startswith("orders_gateway_event_loop_lag_seconds ")
+        )
         assert float(lag.split()[1]) >= 0  # exported for dashboards (its value is the latest tick's)
         await asyncio.sleep(0.35)  # a few punctual ticks
         assert (await http.get("/v1/orders", headers=alice)).status_code == 200

@@ -32,9 +32,11 @@ def _assert_429(response, name: str) -> None:
 async def test_each_caller_has_its_own_budget_and_every_response_carries_the_headers(gateway_client, bearer):
     alice, bob = bearer(), bearer()
     async with gateway_client(rate_limit_read="3/minute") as http:
-        answers = [await http.get(path, headers=alice) for path in ("/v1/orders", "/v1/products", f"/v1/orders/{uuid.uuid4()}")]
+        answers = [
+            await http.get(path, headers=alice) for path in ("/v1/orders", "/v1/products", f"/v1/orders/{uuid.uuid4()}")
+        ]
         assert [a.status_code for a in answers] == [200, 200, 404]  # error answers count and carry headers too
-        assert [_remaining(a) [:2] for a in answers] == [("read", 2), ("read", 1), ("read", 0)]
+        assert [_remaining(a)[:2] for a in answers] == [("read", 2), ("read", 1), ("read", 0)]
         assert all(a.headers["ratelimit-policy"] == '"read";q=3;w=60' for a in answers)
         _assert_429(await http.get("/v1/orders", headers=alice), "read")
         assert (await http.get("/v1/orders", headers=bob)).status_code == 200
@@ -44,7 +46,9 @@ async def test_each_caller_has_its_own_budget_and_every_response_carries_the_hea
 async def test_route_classes_have_separate_budgets(gateway_client, bearer):
     alice = bearer()
     order = {"items": [{"sku": "NOPE", "quantity": 1}], "shipping_address": {}, "payment_token": "tok_ok"}
-    async with gateway_client(rate_limit_submit="2/minute", rate_limit_read="5/minute", rate_limit_webhook="1/minute") as http:
+    async with gateway_client(
+        rate_limit_submit="2/minute", rate_limit_read="5/minute", rate_limit_webhook="1/minute"
+    ) as http:
         for _ in range(2):
             response = await http.post("/v1/orders", json=order, headers={**alice, "Idempotency-Key": uuid.uuid4().hex})
             assert response.status_code == 422 and _remaining(response)[0] == "submit"
@@ -63,7 +67,9 @@ async def test_without_a_token_the_peer_ip_counts_and_forwarded_for_only_from_tr
         _assert_429(await http.get("/v1/products", headers={"X-Forwarded-For": "192.0.2.3"}), "read")
     async with gateway_client(rate_limit_read="2/minute", peer=("10.0.0.5", 1), trusted_proxies=["10.0.0.0/8"]) as http:
         for _ in range(2):
-            assert (await http.get("/v1/products", headers={"X-Forwarded-For": "192.0.2.1, 10.0.0.9"})).status_code == 401
+            assert (
+                await http.get("/v1/products", headers={"X-Forwarded-For": "192.0.2.1, 10.0.0.9"})
+            ).status_code == 401
         _assert_429(await http.get("/v1/products", headers={"X-Forwarded-For": "192.0.2.1"}), "read")
         # Behind the trusted proxy, another client address has its own budget.
         assert _remaining(await http.get("/v1/products", headers={"X-Forwarded-For": "192.0.2.2"}))[1] == 1
@@ -98,7 +104,9 @@ async def test_replicas_share_one_budget_in_redis(gateway_client, bearer):
 
 
 async def test_unreachable_storage_fails_open_without_500(gateway_client, bearer):
-    async with gateway_client(rate_limit_storage=f"redis://127.0.0.1:{free_port()}/0", rate_limit_read="1/minute") as http:
+    async with gateway_client(
+        rate_limit_storage=f"redis://127.0.0.1:{free_port()}/0", rate_limit_read="1/minute"
+    ) as http:
         answers = [await http.get("/v1/orders", headers=bearer("same-caller")) for _ in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert all("ratelimit" not in a.headers for a in answers)

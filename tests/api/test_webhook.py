@@ -32,15 +32,30 @@ async def test_signature_is_required_fresh_and_over_the_exact_body(gateway_clien
             assert "www-authenticate" in response.headers, name
         # Whitespace changes the bytes: a signature is over what was sent, not over parsed JSON.
         spaced = json.dumps(EVENT, indent=2).encode()
-        response = await http.post("/v1/carrier/events", content=spaced, headers={**carrier, "Carrier-Signature": sign_webhook(secret, body, now)})
+        response = await http.post(
+            "/v1/carrier/events",
+            content=spaced,
+            headers={**carrier, "Carrier-Signature": sign_webhook(secret, body, now)},
+        )
         assert_problem(response, 401)
         # Properly signed, but nobody has this tracking number.
-        response = await http.post("/v1/carrier/events", content=body, headers={**carrier, "Carrier-Signature": sign_webhook(secret, body, now)})
+        response = await http.post(
+            "/v1/carrier/events",
+            content=body,
+            headers={**carrier, "Carrier-Signature": sign_webhook(secret, body, now)},
+        )
         assert_problem(response, 404)
         # Signed junk is still validated.
         junk = b'{"tracking_number": "", "event": "teleported"}'
-        response = await http.post("/v1/carrier/events", content=junk, headers={**carrier, "Carrier-Signature": sign_webhook(secret, junk, now)})
-        assert {tuple(e["loc"]) for e in assert_problem(response, 422)["errors"]} >= {("body", "event"), ("body", "occurred_at")}
+        response = await http.post(
+            "/v1/carrier/events",
+            content=junk,
+            headers={**carrier, "Carrier-Signature": sign_webhook(secret, junk, now)},
+        )
+        assert {tuple(e["loc"]) for e in assert_problem(response, 422)["errors"]} >= {
+            ("body", "event"),
+            ("body", "occurred_at"),
+        }
 
 
 async def test_only_carriers_may_post_events(gateway_client, bearer, settings):
@@ -48,6 +63,17 @@ async def test_only_carriers_may_post_events(gateway_client, bearer, settings):
     signature = sign_webhook(settings.carrier_webhook_secret, body, int(time.time()))
     async with gateway_client() as http:
         for role in ("customer", "operator"):
-            response = await http.post("/v1/carrier/events", content=body, headers={**bearer(role=role), "Carrier-Signature": signature, "Content-Type": "application/json"})
+            response = await http.post(
+                "/v1/carrier/events",
+                content=body,
+                headers={**bearer(role=role), "Carrier-Signature": signature, "Content-Type": "application/json"},
+            )
             assert_problem(response, 403)
-        assert_problem(await http.post("/v1/carrier/events", content=body, headers={"Carrier-Signature": signature, "Content-Type": "application/json"}), 401)
+        assert_problem(
+            await http.post(
+                "/v1/carrier/events",
+                content=body,
+                headers={"Carrier-Signature": signature, "Content-Type": "application/json"},
+            ),
+            401,
+        )

@@ -13,8 +13,8 @@ import asyncio
 
 import pytest
 
-from cli.chaos import ChaosPlan, run_chaos
-from cli.stack import BenchStack, StackOptions
+from bench.chaos import ChaosPlan, run_chaos
+from bench.stack import BenchStack, StackOptions
 
 
 async def _chaos(plan: ChaosPlan, tmp_path, **stack_options):
@@ -40,8 +40,14 @@ async def test_short_chaos_run_loses_nothing(tmp_path):
 @pytest.mark.timeout(900)
 async def test_long_chaos_with_hard_kills_loses_nothing(tmp_path):
     plan = ChaosPlan(
-        rate=4.0, duration_s=90.0, temporal_kill=True, postgres_mode="kill", worker_kills=2,
-        temporal_down_s=5.0, postgres_down_s=10.0, drain_timeout_s=400,
+        rate=4.0,
+        duration_s=90.0,
+        temporal_kill=True,
+        postgres_mode="kill",
+        worker_kills=2,
+        temporal_down_s=5.0,
+        postgres_down_s=10.0,
+        drain_timeout_s=400,
     )
     report = await _chaos(plan, tmp_path, workers=2)
     assert report.ok, report.table()
@@ -50,7 +56,7 @@ async def test_long_chaos_with_hard_kills_loses_nothing(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_spike_keeps_answering_and_every_accepted_order_ends(tmp_path, capsys):
-    from cli.bench import add_load_options, run_bench
+    from bench.bench import add_load_options, run_bench
 
     parser = argparse.ArgumentParser()
     add_load_options(parser)

@@ -44,8 +44,6 @@ with workflow.unsafe.imports_passed_through():
 ORDER_ID = SearchAttributeKey.for_keyword("OrderId")
 
 
-
-
 def _repo() -> str:
     """Repo root (a function, not a module constant: the workflow sandbox re-imports this module)."""
     return str(Path(__file__).resolve().parents[2])
@@ -285,7 +283,9 @@ def test_temporal_restart_adds_new_search_attribute(tmp_path: Path) -> None:
     db, port = tmp_path / "t.db", free_port()
     with TemporalDevServer(db, port=port, ui_port=None, search_attributes={"OrderId": "Keyword"}):
         pass
-    with TemporalDevServer(db, port=port, ui_port=None, search_attributes={"OrderId": "Keyword", "Total": "Double"}) as s:
+    with TemporalDevServer(
+        db, port=port, ui_port=None, search_attributes={"OrderId": "Keyword", "Total": "Double"}
+    ) as s:
 
         async def check() -> set[str]:
             c = await s.client()
@@ -407,12 +407,19 @@ def test_supervisor_order_and_reverse_stop(tmp_path: Path) -> None:
     with Supervisor(procs, log=logs.append):
         assert all(p.is_running() for p in procs)
     assert events.read_text().split("\n")[:-1] == [
-        "start api", "start worker", "start sandbox", "stop sandbox", "stop worker", "stop api",
+        "start api",
+        "start worker",
+        "start sandbox",
+        "stop sandbox",
+        "stop worker",
+        "stop api",
     ]
 
     # run(): returns when a child dies, stopping the others
     events.unlink()
-    crasher = ManagedProcess("crasher", [sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(5)"], output="discard")
+    crasher = ManagedProcess(
+        "crasher", [sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(5)"], output="discard"
+    )
     sup = Supervisor([procs[0], crasher], log=logs.append)
     t0 = time.monotonic()
     assert sup.run(install_signal_handlers=False) == 5
@@ -458,7 +465,10 @@ def test_bench_stops_the_stack_it_started_on_sigterm(tmp_path: Path) -> None:
 
     bench = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "bench", "--concurrency", "2", "--duration", "300", "--no-baselines"],
-        cwd=_repo(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=_repo(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         for line in bench.stderr:  # "orders bench: stack ready in 6.2s (data in ...)"

@@ -22,7 +22,9 @@ from tests.harness import start_worker
 def temporal_server(tmp_path_factory):
     """A real dev server with file persistence (so tests may restart it)."""
     folder = tmp_path_factory.mktemp("temporal")
-    server = TemporalDevServer(folder / "temporal.db", port=free_port(), ui_port=None, search_attributes=SEARCH_ATTRIBUTES, log_dir=folder)
+    server = TemporalDevServer(
+        folder / "temporal.db", port=free_port(), ui_port=None, search_attributes=SEARCH_ATTRIBUTES, log_dir=folder
+    )
     server.start()
     yield server
     server.stop()
@@ -72,7 +74,9 @@ async def gateway(it_settings, temporal_client):
     """The gateway on a real port, in this event loop, with its own connection pool (as in production,
     where it is a separate process from the workers)."""
     app = create_app(it_settings, client=temporal_client)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=it_settings.api_port, log_config=None, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=it_settings.api_port, log_config=None, lifespan="on")
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -22,7 +22,7 @@ from core.order_service import OrderService
 from core.webhooks import sign_webhook
 from tests.harness import random_ref, wait_for
 from tests.integration.conftest import auth
-from tests.integration.test_order_api import order_body, final_state, _status_is
+from tests.integration.test_order_api import _status_is, final_state, order_body
 from tests.support import ledger, new_sku
 
 
@@ -45,7 +45,9 @@ async def test_replay_and_mismatch(api, token, engine, workers):
     other = await api.post("/v1/orders", json=order_body(sku, 2), headers={**auth(alice), "Idempotency-Key": "order-1"})
     assert other.status_code == 422 and other.json()["type"].endswith("idempotency-key-reused")
     # Keys are scoped to the caller: the same key from someone else is a new order.
-    bob = await api.post("/v1/orders", json=body, headers={**auth(token(random_ref("bob"))), "Idempotency-Key": "order-1"})
+    bob = await api.post(
+        "/v1/orders", json=body, headers={**auth(token(random_ref("bob"))), "Idempotency-Key": "order-1"}
+    )
     assert bob.status_code == 202 and bob.json()["id"] != first.json()["id"]
     assert await _orders_of(engine, customer) == [uuid.UUID(first.json()["id"])]
     assert (await final_state(api, alice, first.json()["id"]))["status"] == "completed"
@@ -60,19 +62,26 @@ async def test_requests_rejected_before_execution_do_not_consume_the_key(api, to
     key = {"Idempotency-Key": "reuse-after-422"}
     unknown = await api.post("/v1/orders", json=order_body("NO-SUCH-SKU"), headers={**auth(carol), **key})
     invalid = await api.post("/v1/orders", json=order_body(sku, 0), headers={**auth(carol), **key})
-    unauthenticated = await api.post("/v1/orders", json=order_body(sku), headers={"Authorization": "Bearer forged", **key})
+    unauthenticated = await api.post(
+        "/v1/orders", json=order_body(sku), headers={"Authorization": "Bearer forged", **key}
+    )
     assert [unknown.status_code, invalid.status_code, unauthenticated.status_code] == [422, 422, 401]
     accepted = await api.post("/v1/orders", json=order_body(sku), headers={**auth(carol), **key})
     assert accepted.status_code == 202 and "Idempotent-Replayed" not in accepted.headers
 
 
-async def test_fifty_concurrent_duplicates_make_one_order_one_workflow_one_charge(api, token, engine, workers, sandbox, temporal_client):
+async def test_fifty_concurrent_duplicates_make_one_order_one_workflow_one_charge(
+    api, token, engine, workers, sandbox, temporal_client
+):
     sku = await new_sku(engine, on_hand=100)
     customer = random_ref("storm")
     bearer = token(customer)
     body = order_body(sku, 3)
     responses = await asyncio.gather(
-        *(api.post("/v1/orders", json=body, headers={**auth(bearer), "Idempotency-Key": "storm-key"}) for _ in range(50))
+        *(
+            api.post("/v1/orders", json=body, headers={**auth(bearer), "Idempotency-Key": "storm-key"})
+            for _ in range(50)
+        )
     )
     assert [r.status_code for r in responses] == [202] * 50, [r.text for r in responses if r.status_code != 202][:3]
     assert len({r.text for r in responses}) == 1  # every answer is the same body
@@ -95,7 +104,9 @@ async def test_an_expired_key_is_new_again(api, token, engine, workers):
     assert first.status_code == 202
     async with engine.begin() as conn:  # the retention period (24 h by default) has passed
         await conn.execute(
-            update(idempotency_keys).where(idempotency_keys.c.customer_id == customer).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+            update(idempotency_keys)
+            .where(idempotency_keys.c.customer_id == customer)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
     second = await api.post("/v1/orders", json=body, headers={**auth(dave), "Idempotency-Key": "monthly"})
     assert second.status_code == 202 and "Idempotent-Replayed" not in second.headers
@@ -113,7 +124,9 @@ class _CrashBeforeStart(OrderService):
         raise _GatewayCrashed()
 
 
-async def test_a_crash_between_accepting_and_starting_is_healed_by_the_retry(api, token, engine, workers, it_settings, temporal_client):
+async def test_a_crash_between_accepting_and_starting_is_healed_by_the_retry(
+    api, token, engine, workers, it_settings, temporal_client
+):
     sku = await new_sku(engine)
     customer = random_ref("crash")
     erin = token(customer)
@@ -143,17 +156,30 @@ async def test_cancel_and_review_are_safe_to_retry(api, token, engine, workers):
     sku = await new_sku(engine, price=300_000, on_hand=5)  # above the review threshold: waits for an operator
     frank = token(random_ref("frank"))
     operator = token("ops-retry", "operator")
-    reviewed = (await api.post("/v1/orders", json=order_body(sku), headers={**auth(frank), "Idempotency-Key": "r"})).json()
-    cancelled = (await api.post("/v1/orders", json=order_body(sku), headers={**auth(frank), "Idempotency-Key": "c"})).json()
+    reviewed = (
+        await api.post("/v1/orders", json=order_body(sku), headers={**auth(frank), "Idempotency-Key": "r"})
+    ).json()
+    cancelled = (
+        await api.post("/v1/orders", json=order_body(sku), headers={**auth(frank), "Idempotency-Key": "c"})
+    ).json()
     for order in (reviewed, cancelled):
-        await wait_for(lambda: _status_is(api, frank, order["id"], "awaiting_review"), timeout=30, what="awaiting_review")
+        await wait_for(
+            lambda order_id=order["id"]: _status_is(api, frank, order_id, "awaiting_review"),
+            timeout=30,
+            what="awaiting_review",
+        )
 
     approvals = await asyncio.gather(
-        *(api.post(f"/v1/orders/{reviewed['id']}/review", json={"decision": "approve"}, headers=auth(operator)) for _ in range(3))
+        *(
+            api.post(f"/v1/orders/{reviewed['id']}/review", json={"decision": "approve"}, headers=auth(operator))
+            for _ in range(3)
+        )
     )
     assert [a.status_code for a in approvals] == [200] * 3
     assert {a.json()["review"]["decision"] for a in approvals} == {"approve"}
-    cancels = await asyncio.gather(*(api.post(f"/v1/orders/{cancelled['id']}/cancel", json={}, headers=auth(frank)) for _ in range(3)))
+    cancels = await asyncio.gather(
+        *(api.post(f"/v1/orders/{cancelled['id']}/cancel", json={}, headers=auth(frank)) for _ in range(3))
+    )
     assert [c.status_code for c in cancels] == [200] * 3 and {c.json()["status"] for c in cancels} == {"cancelled"}
 
     final = await final_state(api, frank, reviewed["id"])
@@ -171,7 +197,11 @@ async def test_repeated_carrier_events_are_harmless(api, token, engine, workers,
     order = (await api.post("/v1/orders", json=order_body(sku), headers={**auth(grace), "Idempotency-Key": "w"})).json()
     final = await final_state(api, grace, order["id"])
     assert final["status"] == "completed" and final["tracking_number"]
-    event = {"tracking_number": final["tracking_number"], "event": "delivered", "occurred_at": datetime.now(UTC).isoformat()}
+    event = {
+        "tracking_number": final["tracking_number"],
+        "event": "delivered",
+        "occurred_at": datetime.now(UTC).isoformat(),
+    }
     raw = json.dumps(event).encode()
     headers = {
         **auth(token("carrier-x", "carrier")),
@@ -182,16 +212,25 @@ async def test_repeated_carrier_events_are_harmless(api, token, engine, workers,
         assert (await api.post("/v1/carrier/events", content=raw, headers=headers)).status_code == 202
     # A tracking-only event again, reported later: the first report stays.
     again = json.dumps({**event, "event": "in_transit"}).encode()
-    again_headers = {**headers, "Carrier-Signature": sign_webhook(it_settings.carrier_webhook_secret, again, int(time.time()))}
+    again_headers = {
+        **headers,
+        "Carrier-Signature": sign_webhook(it_settings.carrier_webhook_secret, again, int(time.time())),
+    }
     assert (await api.post("/v1/carrier/events", content=again, headers=again_headers)).status_code == 202
     after = (await api.get(f"/v1/orders/{order['id']}", headers=auth(grace))).json()
     assert after["status"] == "completed" and after["carrier_events"] == final["carrier_events"]
     # A tracking event for a parcel nobody knows is 404 (the carrier retries it a few times).
     unknown = json.dumps({**event, "event": "picked_up", "tracking_number": "TRKNOPE"}).encode()
-    unknown_headers = {**headers, "Carrier-Signature": sign_webhook(it_settings.carrier_webhook_secret, unknown, int(time.time()))}
+    unknown_headers = {
+        **headers,
+        "Carrier-Signature": sign_webhook(it_settings.carrier_webhook_secret, unknown, int(time.time())),
+    }
     assert (await api.post("/v1/carrier/events", content=unknown, headers=unknown_headers)).status_code == 404
     async with engine.connect() as conn:
-        assert await conn.scalar(select(func.count()).select_from(orders).where(orders.c.id == uuid.UUID(order["id"]))) == 1
+        assert (
+            await conn.scalar(select(func.count()).select_from(orders).where(orders.c.id == uuid.UUID(order["id"])))
+            == 1
+        )
 
 
 async def test_an_update_no_worker_accepts_in_time_is_a_503_never_a_false_200(engine, it_settings, temporal_client):
@@ -205,10 +244,18 @@ async def test_an_update_no_worker_accepts_in_time_is_a_503_never_a_false_200(en
 
     sku = await new_sku(engine, price=300_000, on_hand=1)
     # Its workflows go to a task queue that no worker polls: no update can ever be accepted.
-    unattended = it_settings.model_copy(update={"task_queue": f"nobody-{uuid.uuid4().hex[:6]}", "temporal_rpc_timeout_s": 1.0})
+    unattended = it_settings.model_copy(
+        update={"task_queue": f"nobody-{uuid.uuid4().hex[:6]}", "temporal_rpc_timeout_s": 1.0}
+    )
     service = OrderService(unattended, engine, temporal_client)
     customer = Caller(subject=random_ref("hugo"), role="customer")
-    submitted = await service.submit(customer, "k-1", NewOrder(items=[(sku, 1)], shipping_address=Address.model_validate(ADDRESS.model_dump()), payment_token="tok_ok"))
+    submitted = await service.submit(
+        customer,
+        "k-1",
+        NewOrder(
+            items=[(sku, 1)], shipping_address=Address.model_validate(ADDRESS.model_dump()), payment_token="tok_ok"
+        ),
+    )
     order_id = submitted.view.id
     try:
         started = time.monotonic()

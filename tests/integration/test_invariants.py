@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import delete, insert, update
 
+from bench.invariants import InvariantChecker
 from core.db.read_model import order_row
 from core.db.tables import orders, stock, stock_reservations
 from core.domain import OrderView
-from core.invariants import InvariantChecker
 from tests.harness import random_ref, wait_for
 from tests.integration.conftest import auth
 from tests.integration.test_order_api import final_state, order_body, submit
@@ -45,7 +45,9 @@ async def test_a_mixed_run_keeps_every_invariant(api, token, engine, workers, te
     assert report.ok, report.table()
 
 
-async def test_the_checker_catches_a_leaked_reservation_and_a_lost_order(api, token, engine, workers, temporal_client, it_settings):
+async def test_the_checker_catches_a_leaked_reservation_and_a_lost_order(
+    api, token, engine, workers, temporal_client, it_settings
+):
     sku = await new_sku(engine, on_hand=5)
     customer = token(random_ref("leak"))
     order_id = (await submit(api, customer, order_body(sku, token="tok_decline"))).json()["id"]
@@ -57,7 +59,11 @@ async def test_the_checker_catches_a_leaked_reservation_and_a_lost_order(api, to
     leaked = uuid.UUID(order_id)
     now = datetime.now(UTC)
     async with engine.begin() as conn:
-        await conn.execute(update(stock_reservations).where(stock_reservations.c.order_id == leaked).values(state="reserved", updated_at=now))
+        await conn.execute(
+            update(stock_reservations)
+            .where(stock_reservations.c.order_id == leaked)
+            .values(state="reserved", updated_at=now)
+        )
         await conn.execute(update(stock).where(stock.c.sku == sku).values(reserved=stock.c.reserved + 1))
     report = await checker.check([leaked], initial_stock={sku: 5})
     failed = {check.name[0] for check in report.checks if not check.ok}
@@ -76,7 +82,9 @@ async def test_the_checker_catches_a_leaked_reservation_and_a_lost_order(api, to
         assert not report.checks[0].ok and "no workflow" in report.checks[0].problems[0]
     finally:
         async with engine.begin() as conn:
-            await conn.execute(update(stock_reservations).where(stock_reservations.c.order_id == leaked).values(state="released"))
+            await conn.execute(
+                update(stock_reservations).where(stock_reservations.c.order_id == leaked).values(state="released")
+            )
             await conn.execute(update(stock).where(stock.c.sku == sku).values(reserved=stock.c.reserved - 1))
             await conn.execute(delete(orders).where(orders.c.id == ghost))
     await wait_for(lambda: _ok(checker, leaked, sku), timeout=5, what="invariants restored")

@@ -39,7 +39,14 @@ from tests.support import new_sku
 from workers.main import build_workers
 from workers.registry import WORKFLOWS
 
-ADDRESS = {"name": "Ada Lovelace", "line1": "Unter den Linden 1", "line2": None, "city": "Berlin", "postal_code": "10117", "country": "DE"}
+ADDRESS = {
+    "name": "Ada Lovelace",
+    "line1": "Unter den Linden 1",
+    "line2": None,
+    "city": "Berlin",
+    "postal_code": "10117",
+    "country": "DE",
+}
 
 
 def order_body(sku: str, *, token: str = "tok_ok", postal_code: str = "10117") -> dict:
@@ -97,7 +104,13 @@ async def stack(it_settings, gateway, sandbox, tmp_path_factory):
     )
     await asyncio.to_thread(api.start)
     await asyncio.to_thread(api.wait_ready)
-    yield Stack(settings, logs / "api.log", logs / "worker.log", api_url, f"http://127.0.0.1:{settings.worker_metrics_port}/metrics")
+    yield Stack(
+        settings,
+        logs / "api.log",
+        logs / "worker.log",
+        api_url,
+        f"http://127.0.0.1:{settings.worker_metrics_port}/metrics",
+    )
     await asyncio.to_thread(api.stop)
     await asyncio.to_thread(worker.stop)
 
@@ -106,7 +119,9 @@ async def submit_and_wait(stack: Stack, token, engine, body: dict, statuses: set
     customer = token(random_ref("obs"))
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
         response = await http.post(
-            "/v1/orders", json=body, headers={**auth(customer), "Idempotency-Key": uuid.uuid4().hex, "X-Request-ID": f"req-{uuid.uuid4().hex}"}
+            "/v1/orders",
+            json=body,
+            headers={**auth(customer), "Idempotency-Key": uuid.uuid4().hex, "X-Request-ID": f"req-{uuid.uuid4().hex}"},
         )
         assert response.status_code == 202, response.text
         order_id = response.json()["id"]
@@ -125,7 +140,11 @@ async def completed_order(stack, engine, it_settings):
 
     sku = await new_sku(engine)
     return await submit_and_wait(
-        stack, lambda sub: mint_token(it_settings, sub, "customer", ttl_s=600), engine, order_body(sku, token="tok_flaky"), {"completed"}
+        stack,
+        lambda sub: mint_token(it_settings, sub, "customer", ttl_s=600),
+        engine,
+        order_body(sku, token="tok_flaky"),
+        {"completed"},
     )
 
 
@@ -156,19 +175,32 @@ async def test_one_order_can_be_followed_by_its_id_across_gateway_workflow_and_a
 
     # Activities: type and attempt on every line; tok_flaky fails twice before it authorizes.
     activity_lines = [line for line in worker_lines if line.get("activity_type")]
-    assert {"reserve_stock", "authorize_payment", "create_shipment", "capture_payment", "commit_stock", "project_order"} <= {
-        line["activity_type"] for line in activity_lines
-    }
+    assert {
+        "reserve_stock",
+        "authorize_payment",
+        "create_shipment",
+        "capture_payment",
+        "commit_stock",
+        "project_order",
+    } <= {line["activity_type"] for line in activity_lines}
     # One line per attempt from the platform's interceptor (the SDK adds its own warning per failure).
-    authorize = [line for line in activity_lines if line["activity_type"] == "authorize_payment" and line["logger"] == "orders.activity"]
+    authorize = [
+        line
+        for line in activity_lines
+        if line["activity_type"] == "authorize_payment" and line["logger"] == "orders.activity"
+    ]
     assert any(line["logger"] == "temporalio.activity" and line["attempt"] == 1 for line in activity_lines)
     assert [(line["attempt"], line["event"]) for line in authorize] == [
-        (1, "activity failed"), (2, "activity failed"), (3, "activity completed"),
+        (1, "activity failed"),
+        (2, "activity failed"),
+        (3, "activity completed"),
     ]
     assert all(line["workflow_id"] == order_workflow_id(order_id) and line["run_id"] for line in activity_lines)
 
 
-async def test_replaying_an_order_logs_nothing_and_keeps_the_workflow_deterministic(stack, completed_order, temporal_client, it_settings):
+async def test_replaying_an_order_logs_nothing_and_keeps_the_workflow_deterministic(
+    stack, completed_order, temporal_client, it_settings
+):
     history = await temporal_client.get_workflow_handle(order_workflow_id(completed_order["order_id"])).fetch_history()
     records: list[logging.LogRecord] = []
 
@@ -194,7 +226,7 @@ def samples(exposition: str, name: str) -> dict[str, float]:
     for line in exposition.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
             series, value = line.rsplit(" ", 1)
-            found[series[len(name):]] = float(value)
+            found[series[len(name) :]] = float(value)
     return found
 
 
@@ -204,8 +236,11 @@ async def test_worker_metrics_endpoint_serves_sdk_and_business_metrics(stack, co
     # A second order whose payment is declined: it is rejected and its stock released.
     sku = await new_sku(engine)
     await submit_and_wait(
-        stack, lambda sub: mint_token(it_settings, sub, "customer", ttl_s=600), engine,
-        order_body(sku, token="tok_decline"), {"rejected"},
+        stack,
+        lambda sub: mint_token(it_settings, sub, "customer", ttl_s=600),
+        engine,
+        order_body(sku, token="tok_decline"),
+        {"rejected"},
     )
     async with httpx.AsyncClient(timeout=10) as http:
 
@@ -251,7 +286,9 @@ async def test_gateway_metrics_endpoint_serves_red_and_read_model_metrics(stack,
     assert 'status="awaiting_review"' in "".join(samples(text, "orders_open"))
 
 
-async def test_one_trace_goes_from_the_http_request_to_the_activities(it_settings, temporal_client, engine, sandbox, token):
+async def test_one_trace_goes_from_the_http_request_to_the_activities(
+    it_settings, temporal_client, engine, sandbox, token
+):
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -266,7 +303,10 @@ async def test_one_trace_goes_from_the_http_request_to_the_activities(it_setting
     customer = token(random_ref("trace"))
     async with provider_client(settings) as provider_http:
         workers = build_workers(client, settings, engine, provider_http)
-        async with LifespanManager(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+        async with (
+            LifespanManager(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http,
+        ):
             for worker in workers:
                 await worker.__aenter__()
             try:

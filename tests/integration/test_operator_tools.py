@@ -21,7 +21,9 @@ ENCRYPTED = "YmluYXJ5L2VuY3J5cHRlZA=="  # base64 of the encoding "binary/encrypt
 
 def temporal(address: str, *args: str) -> str:
     """The Temporal CLI *without* our codec: what anyone reading the server sees."""
-    result = subprocess.run([str(temporal_cli_path()), *args, "--address", address], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(temporal_cli_path()), *args, "--address", address], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -29,11 +31,19 @@ def temporal(address: str, *args: str) -> str:
 async def orders(settings, *args: str) -> subprocess.CompletedProcess:
     env = {**settings_env(settings), "PATH": "/usr/bin:/bin"}
     return await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        subprocess.run,
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
-async def test_history_holds_ciphertext_only_and_search_attributes_find_the_orders(api, token, engine, workers, temporal_server, temporal_client):
+async def test_history_holds_ciphertext_only_and_search_attributes_find_the_orders(
+    api, token, engine, workers, temporal_server, temporal_client
+):
     sku = await new_sku(engine, price=1_500)
     customer = random_ref("ada")
     bearer = token(customer)
@@ -43,21 +53,32 @@ async def test_history_holds_ciphertext_only_and_search_attributes_find_the_orde
     assert (await final_state(api, bearer, declined["id"]))["status"] == "rejected"
 
     for order in (completed, declined):
-        raw = temporal(temporal_server.address, "workflow", "show", "--workflow-id", f"order-{order['id']}", "--output", "json")
+        raw = temporal(
+            temporal_server.address, "workflow", "show", "--workflow-id", f"order-{order['id']}", "--output", "json"
+        )
         for secret in PLAIN_SECRETS:
             assert secret not in raw, f"{secret!r} in plain text in the history of {order['id']}"
         assert ENCRYPTED in raw
-    declined_raw = temporal(temporal_server.address, "workflow", "show", "--workflow-id", f"order-{declined['id']}", "--output", "json")
+    declined_raw = temporal(
+        temporal_server.address, "workflow", "show", "--workflow-id", f"order-{declined['id']}", "--output", "json"
+    )
     assert "Encoded failure" in declined_raw  # the provider's message is inside the encrypted attributes
 
     async def listed(query: str) -> set[str]:
         return {w.id async for w in temporal_client.list_workflows(query)}
 
-    everything = await wait_for(lambda: _at_least(listed, f'CustomerId="{customer}"', 2), what="both orders by customer")
+    everything = await wait_for(
+        lambda: _at_least(listed, f'CustomerId="{customer}"', 2), what="both orders by customer"
+    )
     assert everything == {f"order-{completed['id']}", f"order-{declined['id']}"}
-    assert await listed(f'CustomerId="{customer}" AND OrderStatus="completed" AND OrderTotal=1500') == {f"order-{completed['id']}"}
+    assert await listed(f'CustomerId="{customer}" AND OrderStatus="completed" AND OrderTotal=1500') == {
+        f"order-{completed['id']}"
+    }
     assert await listed(f'CustomerId="{customer}" AND FailureReason="payment_declined"') == {f"order-{declined['id']}"}
-    cli_list = json.loads(temporal(temporal_server.address, "workflow", "list", "--query", f'CustomerId="{customer}"', "--output", "json") or "[]")
+    cli_list = json.loads(
+        temporal(temporal_server.address, "workflow", "list", "--query", f'CustomerId="{customer}"', "--output", "json")
+        or "[]"
+    )
     assert len(cli_list) == 2
 
 
@@ -73,14 +94,18 @@ async def test_temporal_setup_is_idempotent(it_settings):
     assert again.returncode == 0 and "already registered" in again.stdout
 
 
-async def test_retry_brings_back_a_terminated_order_and_refuses_a_finished_one(api, token, engine, workers, temporal_client, it_settings, tmp_path):
+async def test_retry_brings_back_a_terminated_order_and_refuses_a_finished_one(
+    api, token, engine, workers, temporal_client, it_settings, tmp_path
+):
     sku = await new_sku(engine, price=300_000, on_hand=2)  # above the review threshold: the order parks
     customer, operator = token(random_ref("grace")), token("olga", "operator")
     order = (await submit(api, customer, order_body(sku))).json()
     workflow_id = f"order-{order['id']}"
 
     async def awaiting_review():
-        return (await api.get(f"/v1/orders/{order['id']}", headers=auth(customer))).json()["status"] == "awaiting_review"
+        return (await api.get(f"/v1/orders/{order['id']}", headers=auth(customer))).json()[
+            "status"
+        ] == "awaiting_review"
 
     await wait_for(awaiting_review, what="awaiting_review")
     await temporal_client.get_workflow_handle(workflow_id).terminate("operator pressed the wrong button")
@@ -112,14 +137,16 @@ async def test_retry_brings_back_a_terminated_order_and_refuses_a_finished_one(a
 async def test_chaos_report_says_what_an_unfinished_order_waits_on(api, token, engine, workers, temporal_client):
     import uuid
 
-    from cli.chaos import diagnose_unfinished
+    from bench.chaos import diagnose_unfinished
 
     sku = await new_sku(engine, price=300_000, on_hand=1)  # above the review threshold: the order parks
     customer = token(random_ref("ursula"))
     order = (await submit(api, customer, order_body(sku))).json()
 
     async def awaiting_review():
-        return (await api.get(f"/v1/orders/{order['id']}", headers=auth(customer))).json()["status"] == "awaiting_review"
+        return (await api.get(f"/v1/orders/{order['id']}", headers=auth(customer))).json()[
+            "status"
+        ] == "awaiting_review"
 
     await wait_for(awaiting_review, what="awaiting_review")
     missing = str(uuid.uuid4())

@@ -10,11 +10,22 @@ from tests.harness import random_ref, wait_for
 from tests.integration.conftest import auth
 from tests.support import new_sku, stock_of
 
-ADDRESS = {"name": "Ada Lovelace", "line1": "Unter den Linden 1", "line2": None, "city": "Berlin", "postal_code": "10117", "country": "DE"}
+ADDRESS = {
+    "name": "Ada Lovelace",
+    "line1": "Unter den Linden 1",
+    "line2": None,
+    "city": "Berlin",
+    "postal_code": "10117",
+    "country": "DE",
+}
 
 
 def order_body(sku: str, quantity: int = 1, token: str = "tok_ok", **address) -> dict:
-    return {"items": [{"sku": sku, "quantity": quantity}], "shipping_address": {**ADDRESS, **address}, "payment_token": token}
+    return {
+        "items": [{"sku": sku, "quantity": quantity}],
+        "shipping_address": {**ADDRESS, **address},
+        "payment_token": token,
+    }
 
 
 async def submit(api, bearer: str, body: dict, key: str | None = None):
@@ -62,7 +73,13 @@ async def test_order_posted_to_the_api_completes_by_itself(api, token, engine, w
     # The sandbox carrier posts picked_up / in_transit / delivered to the gateway's webhook.
     final = await final_state(api, alice, order["id"])
     assert final["status"] == "completed", final
-    assert [h["status"] for h in final["history"]] == ["received", "stock_reserved", "payment_authorized", "shipped", "completed"]
+    assert [h["status"] for h in final["history"]] == [
+        "received",
+        "stock_reserved",
+        "payment_authorized",
+        "shipped",
+        "completed",
+    ]
     # All three are in the order; only `delivered` went to the workflow (tracking-only events are
     # kept in the read model), so its history holds one signal.
     assert [e["event"] for e in final["carrier_events"]] == ["picked_up", "in_transit", "delivered"]
@@ -107,10 +124,10 @@ async def test_cancel_via_api_and_409_after_shipping(api, token, engine, workers
     sku = await new_sku(engine, price=200_000, on_hand=3)  # at or above the review threshold: parks
     carol = token(random_ref("carol"))
     order = (await submit(api, carol, order_body(sku))).json()
-    await wait_for(
-        lambda: _status_is(api, carol, order["id"], "awaiting_review"), timeout=30, what="awaiting_review"
+    await wait_for(lambda: _status_is(api, carol, order["id"], "awaiting_review"), timeout=30, what="awaiting_review")
+    cancelled = await api.post(
+        f"/v1/orders/{order['id']}/cancel", json={"reason": "changed my mind"}, headers=auth(carol)
     )
-    cancelled = await api.post(f"/v1/orders/{order['id']}/cancel", json={"reason": "changed my mind"}, headers=auth(carol))
     assert cancelled.status_code == 200, cancelled.text
     assert (cancelled.json()["status"], cancelled.json()["failure_reason"]) == ("cancelled", "cancelled_by_customer")
     again = await api.post(f"/v1/orders/{order['id']}/cancel", json={}, headers=auth(carol))
@@ -131,17 +148,25 @@ async def test_review_and_address_change_via_api(api, token, engine, workers):
     operator = token("ops-1", "operator")
     order = (await submit(api, dave, order_body(sku))).json()
     await wait_for(lambda: _status_is(api, dave, order["id"], "awaiting_review"), timeout=30, what="awaiting_review")
-    moved = await api.put(f"/v1/orders/{order['id']}/shipping-address", json={**ADDRESS, "city": "Hamburg", "postal_code": "20095"}, headers=auth(dave))
+    moved = await api.put(
+        f"/v1/orders/{order['id']}/shipping-address",
+        json={**ADDRESS, "city": "Hamburg", "postal_code": "20095"},
+        headers=auth(dave),
+    )
     assert moved.status_code == 200 and moved.json()["shipping_address"]["city"] == "Hamburg"
     forbidden = await api.post(f"/v1/orders/{order['id']}/review", json={"decision": "approve"}, headers=auth(dave))
     assert forbidden.status_code == 403
-    approved = await api.post(f"/v1/orders/{order['id']}/review", json={"decision": "approve", "note": "ok"}, headers=auth(operator))
+    approved = await api.post(
+        f"/v1/orders/{order['id']}/review", json={"decision": "approve", "note": "ok"}, headers=auth(operator)
+    )
     assert approved.status_code == 200 and approved.json()["review"]["decision"] == "approve"
     final = await final_state(api, dave, order["id"])
     assert final["status"] == "completed"
     late = await api.put(f"/v1/orders/{order['id']}/shipping-address", json=ADDRESS, headers=auth(dave))
     assert late.status_code == 409
-    not_awaiting = await api.post(f"/v1/orders/{order['id']}/review", json={"decision": "reject"}, headers=auth(operator))
+    not_awaiting = await api.post(
+        f"/v1/orders/{order['id']}/review", json={"decision": "reject"}, headers=auth(operator)
+    )
     assert not_awaiting.status_code == 409
 
 

@@ -21,13 +21,18 @@ async def test_sigterm_drains_the_in_flight_charge(temporal_client, it_settings,
         await http.put("/sandbox/v1/faults", json={"latency_ms": 2500})
         try:
             handle = await temporal_client.start_workflow(
-                ORDER_WORKFLOW, order, id=order_workflow_id(order.order_id), task_queue=settings.task_queue, result_type=OrderView
+                ORDER_WORKFLOW,
+                order,
+                id=order_workflow_id(order.order_id),
+                task_queue=settings.task_queue,
+                result_type=OrderView,
             )
 
             async def authorizing():
                 pending = (await handle.describe()).raw_description.pending_activities
                 return any(
-                    p.activity_type.name == "authorize_payment" and p.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+                    p.activity_type.name == "authorize_payment"
+                    and p.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
                     for p in pending
                 )
 
@@ -46,6 +51,7 @@ async def test_sigterm_drains_the_in_flight_charge(temporal_client, it_settings,
     (tmp_path / "second").mkdir()
     replacement = await asyncio.to_thread(start_worker, settings, tmp_path / "second")
     try:
+
         async def shipped():
             view = await handle.query("order", result_type=OrderView)
             return view if view.status == OrderStatus.SHIPPED else None

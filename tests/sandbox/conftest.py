@@ -6,7 +6,6 @@ The database is created for the session on the suite's PostgreSQL and dropped af
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import socket
 import threading
@@ -24,6 +23,7 @@ from fastapi import FastAPI
 
 from core.config import Settings
 from sandbox.app import create_app
+
 
 @pytest.fixture(scope="session")
 async def sandbox_database_url(database) -> AsyncIterator[str]:

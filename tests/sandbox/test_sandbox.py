@@ -41,7 +41,11 @@ def address(postal_code: str = "75001") -> dict[str, Any]:
 
 
 def shipment_body(postal_code: str = "75001") -> dict[str, Any]:
-    return {"order_id": ref("order"), "shipping_address": address(postal_code), "items": [{"sku": "SKU-1", "quantity": 2}]}
+    return {
+        "order_id": ref("order"),
+        "shipping_address": address(postal_code),
+        "items": [{"sku": "SKU-1", "quantity": 2}],
+    }
 
 
 async def post(client: httpx.AsyncClient, url: str, body: dict[str, Any] | None, key: str | None) -> httpx.Response:
@@ -70,7 +74,13 @@ async def test_authorize_approves(client: httpx.AsyncClient) -> None:
     assert response.status_code == 201
     data = response.json()
     assert data["id"].startswith("auth_")
-    assert data | {"id": "x"} == {"id": "x", "status": "authorized", "amount": 1500, "currency": "EUR", "order_id": body["order_id"]}
+    assert data | {"id": "x"} == {
+        "id": "x",
+        "status": "authorized",
+        "amount": 1500,
+        "currency": "EUR",
+        "order_id": body["order_id"],
+    }
     assert "Idempotent-Replayed" not in response.headers
 
 
@@ -322,11 +332,17 @@ def assert_signed(settings: Settings, received: Any) -> dict[str, Any]:
     return json.loads(received.body)
 
 
-async def test_delivery_posts_signed_events_in_order(settings: Settings, webhook_receiver: Any, running_sandbox: Any) -> None:
+async def test_delivery_posts_signed_events_in_order(
+    settings: Settings, webhook_receiver: Any, running_sandbox: Any
+) -> None:
     settings = settings.model_copy(update={"sandbox_auto_deliver": True})
     async with running_sandbox(settings) as (_, client):
-        delivered = (await post(client, "/carrier/v1/shipments", shipment_body(), ref("ship"))).json()["tracking_number"]
-        lost = (await post(client, "/carrier/v1/shipments", shipment_body("99998"), ref("ship"))).json()["tracking_number"]
+        delivered = (await post(client, "/carrier/v1/shipments", shipment_body(), ref("ship"))).json()[
+            "tracking_number"
+        ]
+        lost = (await post(client, "/carrier/v1/shipments", shipment_body("99998"), ref("ship"))).json()[
+            "tracking_number"
+        ]
         for tracking, last in ((delivered, "delivered"), (lost, "lost")):
             payloads = [assert_signed(settings, r) for r in await webhook_receiver.wait_for(tracking, 3)]
             assert [p["event"] for p in payloads] == ["picked_up", "in_transit", last]
@@ -339,7 +355,9 @@ async def test_delivery_posts_signed_events_in_order(settings: Settings, webhook
         assert refused.status_code == 409 and refused.json()["error"]["code"] == "already_delivered"
 
 
-async def test_cancelled_shipment_sends_no_events(settings: Settings, webhook_receiver: Any, running_sandbox: Any) -> None:
+async def test_cancelled_shipment_sends_no_events(
+    settings: Settings, webhook_receiver: Any, running_sandbox: Any
+) -> None:
     settings = settings.model_copy(update={"sandbox_auto_deliver": True, "sandbox_delivery_delay_s": 0.9})
     async with running_sandbox(settings) as (_, client):
         tracking = (await post(client, "/carrier/v1/shipments", shipment_body(), ref("ship"))).json()["tracking_number"]
@@ -441,18 +459,27 @@ async def test_timeout_fault_answers_504_after_hanging(client: httpx.AsyncClient
     assert response.status_code == 504 and time.monotonic() - started >= 0.2
 
 
-async def test_bench_reads_the_busiest_second_of_provider_calls_from_the_ledger(client: httpx.AsyncClient, settings: Settings) -> None:
+async def test_bench_reads_the_busiest_second_of_provider_calls_from_the_ledger(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
     """The spike report's evidence that workers kept to their caps comes from this ledger query."""
-    from cli.bench import provider_call_peaks
+    from bench.bench import provider_call_peaks
 
     since = time.time() - 1
     auth_ids = [await authorized(client) for _ in range(3)]
     assert (await post(client, f"{AUTHORIZE}/{auth_ids[0]}/capture", {"amount": 1500}, ref("cap"))).status_code == 200
     assert (await post(client, "/carrier/v1/shipments", shipment_body(), ref("ship"))).status_code == 201
-    peaks = await provider_call_peaks(settings.model_copy(update={"payments_max_per_second": 7}), since, time.time() + 1)
+    peaks = await provider_call_peaks(
+        settings.model_copy(update={"payments_max_per_second": 7}), since, time.time() + 1
+    )
     assert peaks["payments"]["total"] >= 4 and 1 <= peaks["payments"]["peak_per_s"] <= peaks["payments"]["total"]
     assert peaks["shipping"]["total"] >= 1
     assert peaks["payments"]["cap_per_s"] == 7
     later = await provider_call_peaks(settings, time.time() + 60, time.time() + 61)
-    assert later["payments"] == {"peak_per_s": 0, "peak_5s_per_s": 0, "total": 0, "cap_per_s": settings.payments_max_per_second}
+    assert later["payments"] == {
+        "peak_per_s": 0,
+        "peak_5s_per_s": 0,
+        "total": 0,
+        "cap_per_s": settings.payments_max_per_second,
+    }
     assert 0 < peaks["payments"]["peak_5s_per_s"] <= peaks["payments"]["peak_per_s"]

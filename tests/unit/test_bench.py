@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cli.bench import percentile, summarize
-from cli.loadgen import ROUTE_SUBMIT, LoadResult, OrderOutcome, Sample, require_loopback
+from bench.bench import percentile, summarize
+from bench.loadgen import ROUTE_SUBMIT, LoadResult, OrderOutcome, Sample, require_loopback
 
 
 def test_load_goes_to_this_machine_only():
@@ -25,8 +25,29 @@ def test_summary_counts_rates_statuses_and_the_forbidden_5xx():
         Sample(0.4, ROUTE_SUBMIT, 0, 15.0, error="deadline"),  # no answer
     ]
     result.orders = [
-        OrderOutcome("ok", "k1", "c", 0.1, order_id="a", accepted_at=0.2, ended_at=3.0, status="completed", server_latency_s=2.0, shipped_latency_s=1.0),
-        OrderOutcome("decline", "k2", "c", 0.1, order_id="b", accepted_at=0.3, ended_at=12.0, status="rejected", failure_reason="payment_declined"),
+        OrderOutcome(
+            "ok",
+            "k1",
+            "c",
+            0.1,
+            order_id="a",
+            accepted_at=0.2,
+            ended_at=3.0,
+            status="completed",
+            server_latency_s=2.0,
+            shipped_latency_s=1.0,
+        ),
+        OrderOutcome(
+            "decline",
+            "k2",
+            "c",
+            0.1,
+            order_id="b",
+            accepted_at=0.3,
+            ended_at=12.0,
+            status="rejected",
+            failure_reason="payment_declined",
+        ),
         OrderOutcome("ok", "k3", "c", 0.1, order_id="c", accepted_at=0.3, last_status="shipped"),
         OrderOutcome("ok", "k4", "c", 0.1),
     ]
@@ -55,20 +76,26 @@ def test_actions_are_counted_as_cloud_bills_them():
 
     from temporalio.client import WorkflowHistory
 
-    from cli.bench import count_actions
+    from bench.bench import count_actions
 
     golden = Path(__file__).resolve().parents[1] / "golden"
-    history = WorkflowHistory.from_json("happy", json.loads((golden / "2026-11-25-skip-received" / "happy.json").read_text()))
+    history = WorkflowHistory.from_json(
+        "happy", json.loads((golden / "2026-11-25-skip-received" / "happy.json").read_text())
+    )
     counted = count_actions(history.events)
     # start + 5 activities + 4 projection tasks + 1 delivery signal + 4 status upserts
     assert (counted["actions"], counted["local_activity_batches"], counted["upserts"]) == (15, 4, 4)
 
 
 def test_gateway_answer_times_are_differences_of_two_metric_snapshots():
-    from cli.bench import subtract
+    from bench.bench import subtract
 
     before = {"GET /v1/orders/{id}": {"count": 10.0, "within_15s": 10.0}}
-    after = {"GET /v1/orders/{id}": {"count": 25.0, "within_15s": 23.0}, "POST /v1/orders": {"count": 4.0, "within_15s": 4.0}, "GET /healthz": {"count": 3.0, "within_15s": 3.0}}
+    after = {
+        "GET /v1/orders/{id}": {"count": 25.0, "within_15s": 23.0},
+        "POST /v1/orders": {"count": 4.0, "within_15s": 4.0},
+        "GET /healthz": {"count": 3.0, "within_15s": 3.0},
+    }
     assert subtract(after, before) == {
         "GET /v1/orders/{id}": {"answered": 15, "over_15s": 2},
         "POST /v1/orders": {"answered": 4, "over_15s": 0},
@@ -78,11 +105,23 @@ def test_gateway_answer_times_are_differences_of_two_metric_snapshots():
 
 
 def test_gateway_answer_time_percentiles_come_from_the_bucket_differences():
-    from cli.bench import subtract
+    from bench.bench import subtract
 
-    before = {"POST /v1/orders": {"count": 10.0, "within_15s": 10.0, "buckets": {0.1: 10.0, 1.0: 10.0, 5.0: 10.0, 15.0: 10.0, float("inf"): 10.0}}}
+    before = {
+        "POST /v1/orders": {
+            "count": 10.0,
+            "within_15s": 10.0,
+            "buckets": {0.1: 10.0, 1.0: 10.0, 5.0: 10.0, 15.0: 10.0, float("inf"): 10.0},
+        }
+    }
     # 100 more: 60 within 0.1 s, 39 more within 1 s, the last one within 5 s.
-    after = {"POST /v1/orders": {"count": 110.0, "within_15s": 110.0, "buckets": {0.1: 70.0, 1.0: 109.0, 5.0: 110.0, 15.0: 110.0, float("inf"): 110.0}}}
+    after = {
+        "POST /v1/orders": {
+            "count": 110.0,
+            "within_15s": 110.0,
+            "buckets": {0.1: 70.0, 1.0: 109.0, 5.0: 110.0, 15.0: 110.0, float("inf"): 110.0},
+        }
+    }
     assert subtract(after, before) == {"POST /v1/orders": {"answered": 100, "over_15s": 0, "p50_s": 0.1, "p99_s": 1.0}}
 
 
@@ -93,7 +132,7 @@ async def test_a_missed_deadline_says_whether_the_request_waited_for_a_connectio
 
     import httpx
 
-    from cli.loadgen import RequestPhase
+    from bench.loadgen import RequestPhase
 
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(1024)
@@ -120,7 +159,7 @@ async def test_a_missed_deadline_says_whether_the_request_waited_for_a_connectio
 
 
 def test_kernel_listen_queue_counters_are_read_from_tcpext_and_subtracted(tmp_path):
-    from cli.bench import format_report, kernel_tcp_counters, subtract_counters
+    from bench.bench import format_report, kernel_tcp_counters, subtract_counters
 
     netstat = tmp_path / "netstat"
     netstat.write_text(
@@ -139,7 +178,9 @@ def test_kernel_listen_queue_counters_are_read_from_tcpext_and_subtracted(tmp_pa
     assert subtract_counters(None, before) is None
 
     line = [row for row in format_report({"spike": _spike_run(delta)}).splitlines() if row.startswith("the kernel")]
-    assert line == ["the kernel (whole machine) meanwhile: 3 listen-queue overflows, 4 connection attempts dropped, 8 SYN retransmissions, 1 retransmission timeouts"]
+    assert line == [
+        "the kernel (whole machine) meanwhile: 3 listen-queue overflows, 4 connection attempts dropped, 8 SYN retransmissions, 1 retransmission timeouts"
+    ]
 
 
 def _spike_run(kernel_tcp: dict) -> dict:

@@ -60,7 +60,12 @@ async def test_unencrypted_payloads_pass_through():
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("", "at least one"), ("nokid", "kid:base64"), ("k:!!!", "base64"), (f"k:{base64.b64encode(b'short').decode()}", "32 bytes")],
+    [
+        ("", "at least one"),
+        ("nokid", "kid:base64"),
+        ("k:!!!", "base64"),
+        (f"k:{base64.b64encode(b'short').decode()}", "32 bytes"),
+    ],
 )
 def test_malformed_keys_are_refused_clearly(spec, message):
     with pytest.raises(CodecKeyError, match=message):
@@ -82,7 +87,9 @@ UI = "http://127.0.0.1:8233"
 
 
 def gateway(settings: Settings, client=("127.0.0.1", 50000)) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings), client=client), base_url="http://api")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(settings), client=client), base_url="http://api"
+    )
 
 
 def as_json(payload: Payload) -> dict:
@@ -94,7 +101,9 @@ def as_json(payload: Payload) -> dict:
 async def test_decode_and_encode_speak_temporals_remote_codec_protocol():
     settings = Settings(environment="test")
     async with gateway(settings) as api:
-        encoded = await api.post("/codec/encode", json={"payloads": [as_json(PLAIN)]}, headers={"Origin": UI, "X-Namespace": "default"})
+        encoded = await api.post(
+            "/codec/encode", json={"payloads": [as_json(PLAIN)]}, headers={"Origin": UI, "X-Namespace": "default"}
+        )
         assert encoded.status_code == 200
         assert encoded.headers["access-control-allow-origin"] == UI
         [sealed] = encoded.json()["payloads"]
@@ -106,7 +115,9 @@ async def test_decode_and_encode_speak_temporals_remote_codec_protocol():
         foreign = await api.options("/codec/decode", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in foreign.headers
         assert (await api.post("/codec/decode", json={"nope": 1})).status_code in (200, 400)
-        assert (await api.post("/codec/decode", content=b"not json", headers={"content-type": "application/json"})).status_code == 400
+        assert (
+            await api.post("/codec/decode", content=b"not json", headers={"content-type": "application/json"})
+        ).status_code == 400
 
 
 async def test_codec_needs_an_operator_except_anonymous_loopback_in_development():
@@ -116,9 +127,15 @@ async def test_codec_needs_an_operator_except_anonymous_loopback_in_development(
     body = {"payloads": [as_json(PLAIN)]}
     async with gateway(settings, client=("10.1.2.3", 50000)) as remote:
         assert (await remote.post("/codec/decode", json=body)).status_code == 401
-        assert (await remote.post("/codec/decode", json=body, headers={"Authorization": f"Bearer {customer}"})).status_code == 403
-        assert (await remote.post("/codec/decode", json=body, headers={"Authorization": f"Bearer {operator}"})).status_code == 200
-        assert (await remote.post("/codec/decode", json=body, headers={"Authorization": "Bearer junk"})).status_code == 401
+        assert (
+            await remote.post("/codec/decode", json=body, headers={"Authorization": f"Bearer {customer}"})
+        ).status_code == 403
+        assert (
+            await remote.post("/codec/decode", json=body, headers={"Authorization": f"Bearer {operator}"})
+        ).status_code == 200
+        assert (
+            await remote.post("/codec/decode", json=body, headers={"Authorization": "Bearer junk"})
+        ).status_code == 401
     closed = settings.model_copy(update={"codec_allow_local_anonymous": False})
     async with gateway(closed) as local:
         assert (await local.post("/codec/decode", json=body)).status_code == 401

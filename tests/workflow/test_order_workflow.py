@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import pytest
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
+from core.db.read_model import OrderReadModel
 from core.domain import (
     ORDER_WORKFLOW,
     QUERY_ORDER,
@@ -29,7 +29,6 @@ from core.domain import (
     ReviewRequest,
     order_workflow_id,
 )
-from core.db.read_model import OrderReadModel
 from tests.harness import wait_for
 from tests.support import ADDRESS, ledger, new_sku, order_input, reservation_states, stock_of
 
@@ -69,7 +68,9 @@ def statuses(view: OrderView) -> list[str]:
     return [change.status.value for change in view.history]
 
 
-async def test_happy_path_completes_with_one_capture_and_stock_deducted(ts_env, run_workers, task_queue, engine, sandbox):
+async def test_happy_path_completes_with_one_capture_and_stock_deducted(
+    ts_env, run_workers, task_queue, engine, sandbox
+):
     sku = await new_sku(engine, on_hand=5)
     order = order_input(sku, quantity=2, price=1_250)
     async with run_workers():
@@ -113,7 +114,9 @@ async def test_decline_is_rejected_and_stock_released(ts_env, run_workers, task_
 
 
 @pytest.mark.parametrize("token", ["tok_flaky", "tok_slow"])
-async def test_transient_provider_failures_recover_with_exactly_one_charge(ts_env, run_workers, task_queue, engine, sandbox, token):
+async def test_transient_provider_failures_recover_with_exactly_one_charge(
+    ts_env, run_workers, task_queue, engine, sandbox, token
+):
     sku = await new_sku(engine)
     order = order_input(sku, token=token, price=700)
     async with run_workers():
@@ -151,7 +154,9 @@ async def test_review_reject_releases_stock(ts_env, run_workers, task_queue, eng
     async with run_workers():
         handle = await start(ts_env, task_queue, order)
         await reach(handle, OrderStatus.AWAITING_REVIEW)
-        await handle.execute_update(UPDATE_REVIEW, ReviewRequest(decision=ReviewDecision.REJECT, note="fraud", reviewer="op"))
+        await handle.execute_update(
+            UPDATE_REVIEW, ReviewRequest(decision=ReviewDecision.REJECT, note="fraud", reviewer="op")
+        )
         final = await handle.result()
     assert (final.status, final.failure_reason) == (OrderStatus.REJECTED, FailureReason.REVIEW_REJECTED)
     assert await stock_of(engine, sku) == (2, 0)
@@ -183,7 +188,9 @@ async def test_cancel_while_awaiting_review(ts_env, run_workers, task_queue, eng
     async with run_workers():
         handle = await start(ts_env, task_queue, order)
         await reach(handle, OrderStatus.AWAITING_REVIEW)
-        cancelled = await handle.execute_update(UPDATE_CANCEL, CancelRequest(reason="changed my mind"), result_type=OrderView)
+        cancelled = await handle.execute_update(
+            UPDATE_CANCEL, CancelRequest(reason="changed my mind"), result_type=OrderView
+        )
     assert (cancelled.status, cancelled.failure_reason) == (OrderStatus.CANCELLED, FailureReason.CANCELLED_BY_CUSTOMER)
     assert await stock_of(engine, sku) == (2, 0)
     assert (await ledger(sandbox, order.order_id))["authorizations"] == []
@@ -206,7 +213,9 @@ async def test_cancel_in_each_state_before_shipping_compensates(
     async with run_workers(*running):
         handle = await start(ts_env, task_queue, order)
         await reach(handle, parked_in)
-        update = await handle.start_update(UPDATE_CANCEL, CancelRequest(reason="too slow"), wait_for_stage=2, result_type=OrderView)
+        update = await handle.start_update(
+            UPDATE_CANCEL, CancelRequest(reason="too slow"), wait_for_stage=2, result_type=OrderView
+        )
         # The in-flight step finishes once its worker appears; then the compensations run.
         async with run_workers(*late):
             final = await update.result()
@@ -230,7 +239,9 @@ async def test_cancel_refused_after_shipping(ts_env, run_workers, task_queue, en
         assert (await handle.result()).status == OrderStatus.COMPLETED
 
 
-async def test_address_change_before_shipping_is_used_for_the_shipment(ts_env, run_workers, task_queue, engine, sandbox_http):
+async def test_address_change_before_shipping_is_used_for_the_shipment(
+    ts_env, run_workers, task_queue, engine, sandbox_http
+):
     sku = await new_sku(engine, price=300_000)
     order = order_input(sku, price=300_000, review_threshold=100_000)
     new_address = Address(name="Grace Hopper", line1="1 Navy Way", city="Arlington", postal_code="22201", country="US")
@@ -251,7 +262,9 @@ async def test_address_change_before_shipping_is_used_for_the_shipment(ts_env, r
         await handle.result()
 
 
-async def test_a_delivery_reported_before_the_workflow_knows_its_shipment_still_counts(ts_env, run_workers, task_queue, engine, sandbox_http):
+async def test_a_delivery_reported_before_the_workflow_knows_its_shipment_still_counts(
+    ts_env, run_workers, task_queue, engine, sandbox_http
+):
     """Seen in the long chaos run: a worker stalled after the shipment was created, the gateway
     signalled `delivered`, and the next worker handled that signal before the shipment's result.
     The old code dropped the event and the order waited for its delivery deadline."""
@@ -275,7 +288,12 @@ async def test_a_delivery_reported_before_the_workflow_knows_its_shipment_still_
         assert created.status_code == 201, created.text
         tracking = created.json()["tracking_number"]
         # ...and reports it delivered while the workflow still waits for the shipment's result.
-        await handle.signal(SIGNAL_CARRIER_EVENT, CarrierEventSignal(tracking_number=tracking, event=CarrierEventKind.DELIVERED, occurred_at=datetime.now(UTC)))
+        await handle.signal(
+            SIGNAL_CARRIER_EVENT,
+            CarrierEventSignal(
+                tracking_number=tracking, event=CarrierEventKind.DELIVERED, occurred_at=datetime.now(UTC)
+            ),
+        )
         assert (await view_of(handle)).tracking_number is None
         async with run_workers("shipping"):
             final = await handle.result()  # time skips: had the event been dropped, the deadline would fail it

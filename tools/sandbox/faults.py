@@ -29,7 +29,7 @@ class FaultConfig(BaseModel):
     timeout_s: float = Field(30.0, ge=0.0, le=600.0)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "FaultConfig":
+    def from_settings(cls, settings: Settings) -> FaultConfig:
         return cls(
             error_rate=settings.sandbox_error_rate,
             timeout_rate=settings.sandbox_timeout_rate,

@@ -22,9 +22,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import psutil
 
@@ -124,12 +125,18 @@ class TemporalDevServer:
     def argv(self) -> list[str]:
         a = [
             str(temporal_cli_path()),
-            "server", "start-dev",
-            "--ip", self.ip,
-            "--port", str(self.port),
-            "--log-level", self.log_level,
-            "--log-format", "text",
-            "--color", "never",
+            "server",
+            "start-dev",
+            "--ip",
+            self.ip,
+            "--port",
+            str(self.port),
+            "--log-level",
+            self.log_level,
+            "--log-format",
+            "text",
+            "--color",
+            "never",
         ]
         if self.ui_port is None:
             a.append("--headless")
@@ -139,9 +146,12 @@ class TemporalDevServer:
                 a += ["--ui-codec-endpoint", self.ui_codec_endpoint]
         if self.db_file is not None:
             a += [
-                "--db-filename", str(self.db_file),
-                "--sqlite-pragma", "journal_mode=wal",
-                "--sqlite-pragma", "synchronous=normal",
+                "--db-filename",
+                str(self.db_file),
+                "--sqlite-pragma",
+                "journal_mode=wal",
+                "--sqlite-pragma",
+                "synchronous=normal",
             ]
         for ns in self.namespaces:
             if ns != "default":
@@ -154,7 +164,7 @@ class TemporalDevServer:
 
     # ------------------------------------------------------------------ lifecycle (sync)
 
-    def start(self) -> "TemporalDevServer":
+    def start(self) -> TemporalDevServer:
         """Start and wait until usable (blocking). Idempotent."""
         if self.is_running():
             return self
@@ -172,7 +182,7 @@ class TemporalDevServer:
                 ex.submit(lambda: asyncio.run(self._wait_ready_async(deadline))).result()
         return self
 
-    async def start_async(self) -> "TemporalDevServer":
+    async def start_async(self) -> TemporalDevServer:
         """Same as :meth:`start`, for use inside an event loop."""
         if self.is_running():
             return self
@@ -198,21 +208,21 @@ class TemporalDevServer:
         self._remove_pidfile()
         return rc
 
-    def restart(self) -> "TemporalDevServer":
+    def restart(self) -> TemporalDevServer:
         self.stop()
         return self.start()
 
-    async def restart_async(self) -> "TemporalDevServer":
+    async def restart_async(self) -> TemporalDevServer:
         await asyncio.to_thread(self.stop)
         return await self.start_async()
 
-    def __enter__(self) -> "TemporalDevServer":
+    def __enter__(self) -> TemporalDevServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    async def __aenter__(self) -> "TemporalDevServer":
+    async def __aenter__(self) -> TemporalDevServer:
         return await self.start_async()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -232,9 +242,7 @@ class TemporalDevServer:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
         self._cleanup_stale()
         if port_is_open(self.ip, self.port):
-            raise TemporalStartError(
-                f"port {self.address} is already in use (another Temporal server or process?)"
-            )
+            raise TemporalStartError(f"port {self.address} is already in use (another Temporal server or process?)")
         if self.ui_port is not None and port_is_open(self.ip, self.ui_port):
             raise TemporalStartError(f"UI port {self.ip}:{self.ui_port} is already in use")
         self._t0 = time.monotonic()
@@ -327,9 +335,7 @@ class TemporalDevServer:
                                 AddSearchAttributesRequest(
                                     namespace=ns,
                                     search_attributes={
-                                        k: IndexedValueType.Value(
-                                            "INDEXED_VALUE_TYPE_" + _snake_upper(v)
-                                        )
+                                        k: IndexedValueType.Value("INDEXED_VALUE_TYPE_" + _snake_upper(v))
                                         for k, v in missing.items()
                                     },
                                 ),
@@ -338,7 +344,7 @@ class TemporalDevServer:
                             raise _Retry(f"added missing search attributes {sorted(missing)} to {ns}")
                 self.last_start_seconds = time.monotonic() - self._t0
                 return
-            except Exception as e:  # noqa: BLE001 - retried until deadline
+            except Exception as e:
                 last_err = e
             if time.monotonic() > deadline:
                 raise self._fail(

@@ -23,7 +23,7 @@ import httpx
 from core.config import Settings, settings_env
 from core.search_attributes import SEARCH_ATTRIBUTES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Settings every bench stack uses unless overridden: rate limits far above what 2 cores can drive
 # (the bench measures the platform, not the limiter), a short carrier delivery delay so orders end
@@ -77,7 +77,7 @@ class BenchStack:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> "BenchStack":
+    def start(self) -> BenchStack:
         from core.db.migrate import upgrade
         from devstack.postgres import EmbeddedPostgres
         from devstack.temporal import TemporalDevServer
@@ -147,7 +147,7 @@ class BenchStack:
         if self._own_dir and not self.options.keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def __enter__(self) -> "BenchStack":
+    def __enter__(self) -> BenchStack:
         try:
             return self.start()
         except BaseException:
@@ -208,7 +208,13 @@ class BenchStack:
 
     def server_pids(self) -> dict[str, int]:
         """The process id of each running server, by name (api, sandbox, worker-N, temporal, postgres)."""
-        named = {"api": self.api, "sandbox": self.sandbox, **{p.name: p for p in self.workers}, "temporal": self.temporal, "postgres": self.postgres}
+        named = {
+            "api": self.api,
+            "sandbox": self.sandbox,
+            **{p.name: p for p in self.workers},
+            "temporal": self.temporal,
+            "postgres": self.postgres,
+        }
         return {name: server.pid for name, server in named.items() if server is not None and server.pid}
 
     def rss_mb(self) -> dict[str, float]:
@@ -313,7 +319,10 @@ def cpu_per_unit(before: dict[str, float], after: dict[str, float], units: int, 
     spent = {name: max(0.0, after[name] - before.get(name, 0.0)) for name in after}
     total = sum(spent.values())
     return {
-        "cpu_ms_per_unit": {name: round(1000 * value / units, 1) if units else None for name, value in sorted(spent.items(), key=lambda kv: -kv[1])},
+        "cpu_ms_per_unit": {
+            name: round(1000 * value / units, 1) if units else None
+            for name, value in sorted(spent.items(), key=lambda kv: -kv[1])
+        },
         "cpu_ms_per_unit_total": round(1000 * total / units, 1) if units else None,
         "machine_busy": round(total / elapsed_s / (os.cpu_count() or 1), 2) if elapsed_s else None,
     }

@@ -31,11 +31,11 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Callable, Iterable, Literal, Mapping, Sequence
+from typing import IO, Literal
 
 __all__ = [
-    "stop_on_sigterm",
     "free_port",
     "port_is_open",
     "wait_port",
@@ -113,7 +113,7 @@ def wait_http_ready(
     last: object = None
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 (local URL)
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
                 if resp.status in ok:
                     return resp.status
                 last = resp.status
@@ -143,22 +143,6 @@ def tail_file(path: Path | None, lines: int = 30) -> str:
     except OSError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
-
-
-def stop_on_sigterm() -> None:
-    """Make SIGTERM stop this process the way Ctrl-C does: raise KeyboardInterrupt in the main
-    thread, so ``with``/``finally`` blocks and pytest's fixture finalizers stop the servers this
-    process started. Python's default for SIGTERM is to die on the spot, which leaves every child
-    in its own session (PostgreSQL, Temporal, the platform's processes) running. ``timeout`` and CI
-    runners stop a command with SIGTERM. Processes that handle SIGTERM themselves (uvicorn, the
-    worker, the ``orders dev`` supervisor) replace this handler with their own."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _set_pdeathsig(sig: int = signal.SIGTERM) -> None:
@@ -286,7 +270,7 @@ class ManagedProcess:
 
     # -- lifecycle -------------------------------------------------------------
 
-    def start(self) -> "ManagedProcess":
+    def start(self) -> ManagedProcess:
         if self.is_running():
             return self
         env = dict(os.environ) if self.inherit_env else {}
@@ -370,9 +354,7 @@ class ManagedProcess:
                         raise TimeoutError(f"{self.name}: ready_check not satisfied in {timeout:.1f}s")
                     time.sleep(0.05)
         except (TimeoutError, ProcessStartError) as e:
-            raise ProcessStartError(
-                f"{self.name} not ready: {e}\n--- last output ---\n{self.recent_output()}"
-            ) from e
+            raise ProcessStartError(f"{self.name} not ready: {e}\n--- last output ---\n{self.recent_output()}") from e
 
     def wait_http_ready(self, url: str, timeout: float = 30.0) -> int:
         return wait_http_ready(url, timeout, alive=self.is_running)
@@ -402,7 +384,7 @@ class ManagedProcess:
         self._join_pump()
         return rc
 
-    def restart(self) -> "ManagedProcess":
+    def restart(self) -> ManagedProcess:
         self.stop()
         return self.start()
 
@@ -411,7 +393,7 @@ class ManagedProcess:
             self._pump.join(timeout=2)
             self._pump = None
 
-    def __enter__(self) -> "ManagedProcess":
+    def __enter__(self) -> ManagedProcess:
         self.start()
         return self
 
@@ -520,7 +502,7 @@ class Supervisor:
                 signal.signal(sig, h)  # type: ignore[arg-type]
         return rc
 
-    def __enter__(self) -> "Supervisor":
+    def __enter__(self) -> Supervisor:
         self.start_all()
         return self
 

@@ -4,7 +4,7 @@ One FastAPI handler reserves stock, authorizes, creates the shipment, captures a
 stock in line, against the same PostgreSQL and sandbox, with the platform's own activity classes
 (called as plain methods) and pooled connections. No durability: a crash mid-way leaves whatever
 was done. The gap to the platform is the cost of durability.
-``python -m cli.direct_baseline --port 8300`` with the platform's ``ORDERS_`` environment.
+``python -m bench.direct_baseline --port 8300`` with the platform's ``ORDERS_`` environment.
 """
 
 from __future__ import annotations
@@ -73,19 +73,40 @@ def create_app(settings: Settings) -> FastAPI:
         total = price * body.quantity
         await state.stock.reserve_stock(StockRequest(order_id=order_id, lines=lines))
         authorization = await state.payment.authorize_payment(
-            AuthorizePayment(order_id=order_id, amount=total, currency=currency, payment_token=body.payment_token, idempotency_key=provider_key(order_id, "authorize"))
+            AuthorizePayment(
+                order_id=order_id,
+                amount=total,
+                currency=currency,
+                payment_token=body.payment_token,
+                idempotency_key=provider_key(order_id, "authorize"),
+            )
         )
         shipment = await state.shipping.create_shipment(
-            CreateShipment(order_id=order_id, shipping_address=body.shipping_address, lines=lines, idempotency_key=provider_key(order_id, "ship"))
+            CreateShipment(
+                order_id=order_id,
+                shipping_address=body.shipping_address,
+                lines=lines,
+                idempotency_key=provider_key(order_id, "ship"),
+            )
         )
-        action = dict(order_id=order_id, authorization_id=authorization.authorization_id, amount=total, currency=currency)
+        action = dict(
+            order_id=order_id, authorization_id=authorization.authorization_id, amount=total, currency=currency
+        )
         await state.payment.capture_payment(PaymentAction(**action, idempotency_key=provider_key(order_id, "capture")))
         await state.stock.commit_stock(StockRelease(order_id=order_id))
         now = datetime.now(UTC)
         view = OrderView(
-            id=order_id, customer_id="direct-baseline", status=OrderStatus.SHIPPED, items=lines, total=total, currency=currency,
-            shipping_address=body.shipping_address, history=[StatusChange(status=OrderStatus.SHIPPED, at=now)],
-            created_at=now, updated_at=now, tracking_number=shipment.tracking_number,
+            id=order_id,
+            customer_id="direct-baseline",
+            status=OrderStatus.SHIPPED,
+            items=lines,
+            total=total,
+            currency=currency,
+            shipping_address=body.shipping_address,
+            history=[StatusChange(status=OrderStatus.SHIPPED, at=now)],
+            created_at=now,
+            updated_at=now,
+            tracking_number=shipment.tracking_number,
         )
         async with state.engine.begin() as conn:
             await conn.execute(insert(orders).values(**order_row(view, seq=1)))

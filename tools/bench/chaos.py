@@ -1,6 +1,6 @@
 """`orders chaos`: inject faults while a bench runs, then prove that nothing was lost.
 
-On its own throw-away stack (:mod:`cli.stack`), an open-loop load (:mod:`cli.loadgen`) runs while a
+On its own throw-away stack (:mod:`bench.stack`), an open-loop load (:mod:`bench.loadgen`) runs while a
 schedule injects, once each: the payment provider failing 20 % of calls (5xx or hanging past the
 activity timeout), a storm of duplicate submissions with one Idempotency-Key, kill -9 of a worker
 mid-activity (and a new one started), a stop and restart of the Temporal server on its SQLite file,
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli.loadgen import ADDRESS, Catalogue, LoadGenerator, Mix, status_printer
+from bench.loadgen import ADDRESS, Catalogue, LoadGenerator, Mix, status_printer
 
 ALL_FAULTS = ("provider", "duplicates", "worker", "temporal", "postgres")
 
@@ -86,7 +86,11 @@ async def _duplicate_storm(generator: LoadGenerator, catalogue: Catalogue, size:
 
     customer = generator.customers[0]
     key = f"storm-{uuid.uuid4().hex}"
-    body = {"items": [{"sku": catalogue.cheap_sku, "quantity": 1}], "shipping_address": ADDRESS, "payment_token": "tok_ok"}
+    body = {
+        "items": [{"sku": catalogue.cheap_sku, "quantity": 1}],
+        "shipping_address": ADDRESS,
+        "payment_token": "tok_ok",
+    }
     headers = {**generator._auth(customer), "Idempotency-Key": key}
     async with httpx.AsyncClient(base_url=generator.base_url, timeout=30) as http:
 
@@ -112,8 +116,8 @@ async def _duplicate_storm(generator: LoadGenerator, catalogue: Catalogue, size:
 
 
 async def run_chaos(stack, plan: ChaosPlan, *, status_line=None) -> ChaosReport:
-    """Run the load with the fault schedule on ``stack`` (a started :class:`cli.stack.BenchStack`)."""
-    from cli.bench import check_invariants, prepare_catalogue, summarize
+    """Run the load with the fault schedule on ``stack`` (a started :class:`bench.stack.BenchStack`)."""
+    from bench.bench import check_invariants, prepare_catalogue, summarize
     from core.db.engine import create_engine
     from core.temporal import connect_client
 
@@ -124,7 +128,9 @@ async def run_chaos(stack, plan: ChaosPlan, *, status_line=None) -> ChaosReport:
         catalogue, initial_stock = await prepare_catalogue(engine, settings, uuid.uuid4().hex[:6])
     finally:
         await engine.dispose()
-    generator = LoadGenerator(stack.api_url, settings, catalogue, mix=Mix(), customers=100, seed=7, status_line=status_line)
+    generator = LoadGenerator(
+        stack.api_url, settings, catalogue, mix=Mix(), customers=100, seed=7, status_line=status_line
+    )
     storm_ids: list[str] = []
     began = time.monotonic()
 
@@ -133,8 +139,10 @@ async def run_chaos(stack, plan: ChaosPlan, *, status_line=None) -> ChaosReport:
         try:
             extra = await action()
             report.faults.append(FaultRecord(name, start - began, time.monotonic() - start, extra or detail))
-        except Exception as error:  # noqa: BLE001 - a fault that could not be injected is a failed row
-            report.faults.append(FaultRecord(name, start - began, time.monotonic() - start, f"{detail}: {error!r}", ok=False))
+        except Exception as error:
+            report.faults.append(
+                FaultRecord(name, start - began, time.monotonic() - start, f"{detail}: {error!r}", ok=False)
+            )
 
     async def schedule() -> None:
         # Spread the faults over the load phase; each one waits for the previous to finish.
@@ -144,12 +152,16 @@ async def run_chaos(stack, plan: ChaosPlan, *, status_line=None) -> ChaosReport:
 
             async def provider_on():
                 await asyncio.to_thread(
-                    stack.set_faults, error_rate=plan.provider_error_rate, timeout_rate=plan.provider_timeout_rate,
-                    timeout_s=plan.provider_timeout_s, latency_ms=plan.provider_latency_ms,
+                    stack.set_faults,
+                    error_rate=plan.provider_error_rate,
+                    timeout_rate=plan.provider_timeout_rate,
+                    timeout_s=plan.provider_timeout_s,
+                    latency_ms=plan.provider_latency_ms,
                 )
 
             await inject(
-                "payment/carrier provider faults on", provider_on,
+                "payment/carrier provider faults on",
+                provider_on,
                 f"{plan.provider_error_rate:.0%} 503, {plan.provider_timeout_rate:.0%} hang {plan.provider_timeout_s:g}s, +{plan.provider_latency_ms} ms",
             )
         for index, fault in enumerate(slots):
@@ -171,7 +183,11 @@ async def run_chaos(stack, plan: ChaosPlan, *, status_line=None) -> ChaosReport:
                         await asyncio.to_thread(stack.kill_worker, 0)
                         await asyncio.to_thread(stack.start_worker)
 
-                    await inject("worker kill -9 mid-activity, new worker", kill_worker, "SIGKILL of the worker process group, a new worker started")
+                    await inject(
+                        "worker kill -9 mid-activity, new worker",
+                        kill_worker,
+                        "SIGKILL of the worker process group, a new worker started",
+                    )
             elif fault == "temporal":
                 verb = "kill -9" if plan.temporal_kill else "stop"
                 await inject(
@@ -193,13 +209,23 @@ async def run_chaos(stack, plan: ChaosPlan, *, status_line=None) -> ChaosReport:
 
             await inject("provider faults off", provider_off, "end of the load phase")
 
-    result = await generator.run(duration_s=plan.duration_s, rate=plan.rate, drain_timeout_s=plan.drain_timeout_s, extra=schedule)
+    result = await generator.run(
+        duration_s=plan.duration_s, rate=plan.rate, drain_timeout_s=plan.drain_timeout_s, extra=schedule
+    )
     summary = summarize(result)
     report.summary = summary
     accepted = [o.order_id for o in result.accepted] + storm_ids
 
-    unfinished = [o.order_id for o in result.accepted if o.status not in {"completed", "cancelled", "rejected", "failed"}]
-    report.checks.append(("every accepted order reached an end state (seen through the API)", not unfinished, f"{len(result.accepted)} accepted, {len(unfinished)} unfinished {unfinished[:3]}"))
+    unfinished = [
+        o.order_id for o in result.accepted if o.status not in {"completed", "cancelled", "rejected", "failed"}
+    ]
+    report.checks.append(
+        (
+            "every accepted order reached an end state (seen through the API)",
+            not unfinished,
+            f"{len(result.accepted)} accepted, {len(unfinished)} unfinished {unfinished[:3]}",
+        )
+    )
     bad = summary["http_5xx_not_503_with_retry_after"]
     report.checks.append(("6 no 5xx except 503 with Retry-After", bad == 0, f"statuses {summary['http_statuses']}"))
 
@@ -208,10 +234,22 @@ async def run_chaos(stack, plan: ChaosPlan, *, status_line=None) -> ChaosReport:
         # While the servers still run: what each unfinished order waits on, from Temporal itself.
         report.diagnosis = await diagnose_unfinished(client, unfinished[:10])
     missing = await _missing_from_read_model(settings, accepted)
-    report.checks.append(("no lost 202: every accepted order is in the read model", not missing, f"{len(accepted)} checked, missing {missing[:3]}"))
+    report.checks.append(
+        (
+            "no lost 202: every accepted order is in the read model",
+            not missing,
+            f"{len(accepted)} checked, missing {missing[:3]}",
+        )
+    )
     invariants = await check_invariants(settings, client, accepted, initial_stock)
     for check in invariants.checks:
-        report.checks.append((check.name, check.ok, f"{check.checked} checked" + (f"; {'; '.join(check.problems[:2])}" if check.problems else "")))
+        report.checks.append(
+            (
+                check.name,
+                check.ok,
+                f"{check.checked} checked" + (f"; {'; '.join(check.problems[:2])}" if check.problems else ""),
+            )
+        )
     report.summary["faults"] = [f.__dict__ for f in report.faults]
     return report
 
@@ -226,7 +264,7 @@ async def diagnose_unfinished(client, order_ids: list[str]) -> list[str]:
         workflow_id = order_workflow_id(uuid.UUID(order_id))
         try:
             described = await client.get_workflow_handle(workflow_id).describe()
-        except Exception as error:  # noqa: BLE001 - a diagnosis must not hide the report
+        except Exception as error:
             lines.append(f"  {workflow_id}: describe failed: {error}")
             continue
         raw = described.raw_description
@@ -255,29 +293,51 @@ async def _missing_from_read_model(settings, order_ids: list[str]) -> list[str]:
     engine = create_engine(settings, pool_size=2)
     try:
         async with engine.connect() as conn:
-            found = {str(row.id) for row in await conn.execute(select(orders.c.id).where(orders.c.id.in_([uuid.UUID(i) for i in order_ids])))}
+            found = {
+                str(row.id)
+                for row in await conn.execute(
+                    select(orders.c.id).where(orders.c.id.in_([uuid.UUID(i) for i in order_ids]))
+                )
+            }
     finally:
         await engine.dispose()
     return [i for i in order_ids if i not in found]
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
+    from bench.stack import BenchStack, StackOptions
     from cli.main import CliError
-    from cli.stack import BenchStack, StackOptions
 
     unknown = set(args.faults) - set(ALL_FAULTS)
     if unknown:
         raise CliError(f"unknown fault(s) {', '.join(sorted(unknown))}; choose from {', '.join(ALL_FAULTS)}")
     plan = ChaosPlan(
-        rate=args.rate, duration_s=args.duration, faults=tuple(args.faults), temporal_kill=args.temporal_kill,
-        postgres_mode=args.postgres_mode, worker_kills=args.worker_kills, drain_timeout_s=args.drain_timeout,
+        rate=args.rate,
+        duration_s=args.duration,
+        faults=tuple(args.faults),
+        temporal_kill=args.temporal_kill,
+        postgres_mode=args.postgres_mode,
+        worker_kills=args.worker_kills,
+        drain_timeout_s=args.drain_timeout,
     )
     with BenchStack(StackOptions(workers=args.workers, keep_data=args.keep_data), log=_say) as stack:
         report = asyncio.run(run_chaos(stack, plan, status_line=status_printer()))
     print(report.table(), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"ok": report.ok, "faults": [f.__dict__ for f in report.faults], "checks": report.checks, "summary": report.summary, "diagnosis": report.diagnosis}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "faults": [f.__dict__ for f in report.faults],
+                    "checks": report.checks,
+                    "summary": report.summary,
+                    "diagnosis": report.diagnosis,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     print(f"\nchaos run {'passed' if report.ok else 'FAILED'}", flush=True)
     return 0 if report.ok else 1
 
@@ -291,9 +351,22 @@ def register(subparsers) -> None:
     )
     chaos.add_argument("--rate", type=float, default=3.0, help="orders per second during the run (default 3)")
     chaos.add_argument("--duration", type=float, default=40.0, help="seconds of load with faults (default 40)")
-    chaos.add_argument("--faults", nargs="+", default=list(ALL_FAULTS), metavar="FAULT", help=f"which faults, in order (default: {' '.join(ALL_FAULTS)})")
-    chaos.add_argument("--temporal-kill", action="store_true", help="SIGKILL the Temporal server instead of stopping it")
-    chaos.add_argument("--postgres-mode", choices=["immediate", "fast", "kill"], default="immediate", help="how PostgreSQL goes down (default immediate)")
+    chaos.add_argument(
+        "--faults",
+        nargs="+",
+        default=list(ALL_FAULTS),
+        metavar="FAULT",
+        help=f"which faults, in order (default: {' '.join(ALL_FAULTS)})",
+    )
+    chaos.add_argument(
+        "--temporal-kill", action="store_true", help="SIGKILL the Temporal server instead of stopping it"
+    )
+    chaos.add_argument(
+        "--postgres-mode",
+        choices=["immediate", "fast", "kill"],
+        default="immediate",
+        help="how PostgreSQL goes down (default immediate)",
+    )
     chaos.add_argument("--worker-kills", type=int, default=1)
     chaos.add_argument("--workers", type=int, default=1)
     chaos.add_argument("--drain-timeout", type=float, default=180.0)

@@ -1,13 +1,13 @@
 """`orders bench`: measured throughput, latency and Temporal cost per order, against two baselines.
 
 By default it starts its own platform in a temporary folder (PostgreSQL, Temporal dev server with
-file persistence, sandbox, worker(s), API — all child processes, see :mod:`cli.stack`), drives the
-public HTTP API with a realistic mix (:mod:`cli.loadgen`), then, on the same servers:
+file persistence, sandbox, worker(s), API — all child processes, see :mod:`bench.stack`), drives the
+public HTTP API with a realistic mix (:mod:`bench.loadgen`), then, on the same servers:
 
 * (a) the bare engine: a workflow with the same number of activities, local activities and signals
-  as an average completed order, doing no I/O (:mod:`cli.bare_engine`);
+  as an average completed order, doing no I/O (:mod:`bench.bare_engine`);
 * (b) the direct implementation: one FastAPI handler doing the same stock, payment and shipping
-  calls in line (:mod:`cli.direct_baseline`).
+  calls in line (:mod:`bench.direct_baseline`).
 
 ``--url http://127.0.0.1:8000`` drives a running `orders dev` instead (no baselines then).
 Temporal actions per completed order are counted from the histories of a sample of completed
@@ -28,7 +28,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from cli.loadgen import ROUTE_SUBMIT, TERMINAL, Catalogue, LoadGenerator, LoadResult, Mix, require_loopback, status_printer
+from bench.loadgen import (
+    ROUTE_SUBMIT,
+    TERMINAL,
+    Catalogue,
+    LoadGenerator,
+    LoadResult,
+    Mix,
+    require_loopback,
+    status_printer,
+)
 
 CHEAP_PRICE = 1_999
 LOCAL_ACTIVITY_MARKER = "core_local_activity"  # the marker name of the Core-based SDKs
@@ -74,16 +83,27 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         "orders_accepted": len(accepted),
         "orders_ended": len(result.ended),
         "orders_unfinished": len(accepted) - len([o for o in accepted if o.status in TERMINAL]),
-        "unfinished_by_last_status": dict(Counter(o.last_status or "never read" for o in accepted if o.status not in TERMINAL)),
-        "accepted_per_s": round(len([o for o in accepted if o.accepted_at is not None and o.accepted_at <= result.duration_s]) / duration, 2),
+        "unfinished_by_last_status": dict(
+            Counter(o.last_status or "never read" for o in accepted if o.status not in TERMINAL)
+        ),
+        "accepted_per_s": round(
+            len([o for o in accepted if o.accepted_at is not None and o.accepted_at <= result.duration_s]) / duration, 2
+        ),
         "ended_per_s": round(len(in_window) / duration, 2),
         "completed_per_s": round(len([o for o in in_window if o.status == "completed"]) / duration, 2),
         # All ended orders over the whole time until the last one ended (ramp-up and tail included):
         # the figure compared with the baselines, which are measured the same way.
-        "throughput_ended_per_s": round(len(result.ended) / max([o.ended_at for o in result.ended if o.ended_at] or [1.0]), 2),
+        "throughput_ended_per_s": round(
+            len(result.ended) / max([o.ended_at for o in result.ended if o.ended_at] or [1.0]), 2
+        ),
         "outcomes": dict(outcomes.most_common()),
         "latency_ms": {
-            route: {"n": len(v), "p50": ms(percentile(v, 0.5)), "p95": ms(percentile(v, 0.95)), "p99": ms(percentile(v, 0.99))}
+            route: {
+                "n": len(v),
+                "p50": ms(percentile(v, 0.5)),
+                "p95": ms(percentile(v, 0.95)),
+                "p99": ms(percentile(v, 0.99)),
+            }
             for route, v in sorted(routes.items())
         },
         "submit_to_shipped_ms": {"p50": ms(percentile(shipped, 0.5)), "p99": ms(percentile(shipped, 0.99))},
@@ -129,18 +149,24 @@ def count_actions(events) -> dict[str, int]:
     from temporalio.api.enums.v1 import EventType
 
     types = Counter(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in events)
-    retries = sum(max(0, e.activity_task_started_event_attributes.attempt - 1) for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED)
+    retries = sum(
+        max(0, e.activity_task_started_event_attributes.attempt - 1)
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    )
     local = [
         e.marker_recorded_event_attributes
         for e in events
-        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED and e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
     ]
     local_batches = len({marker.workflow_task_completed_event_id for marker in local})
     upserts = sum(
         1
         for e in events
         if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
-        and set(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields) != {"TemporalChangeVersion"}
+        and set(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
+        != {"TemporalChangeVersion"}
     )
     actions = (
         1
@@ -192,7 +218,10 @@ async def prepare_catalogue(engine, settings, run_id: str) -> tuple[Catalogue, d
     cheap, expensive = f"BENCH-{run_id}-MUG", f"BENCH-{run_id}-SOFA"
     await upsert_products(
         engine,
-        [(cheap, "bench mug", CHEAP_PRICE, BENCH_STOCK), (expensive, "bench sofa", settings.review_threshold_minor, BENCH_STOCK)],
+        [
+            (cheap, "bench mug", CHEAP_PRICE, BENCH_STOCK),
+            (expensive, "bench sofa", settings.review_threshold_minor, BENCH_STOCK),
+        ],
     )
     return Catalogue(cheap, expensive), {cheap: BENCH_STOCK, expensive: BENCH_STOCK}
 
@@ -210,8 +239,8 @@ async def catalogue_from_api(url: str, token: str) -> Catalogue:
 
 
 async def check_invariants(settings, client, order_ids: list[str], initial_stock: dict[str, int] | None):
+    from bench.invariants import InvariantChecker
     from core.db.engine import create_engine
-    from core.invariants import InvariantChecker
 
     engine = create_engine(settings, pool_size=5)
     try:
@@ -221,7 +250,9 @@ async def check_invariants(settings, client, order_ids: list[str], initial_stock
         await engine.dispose()
 
 
-async def run_load(url, settings, catalogue, args, *, rate=None, concurrency=None, duration=None, run_id=None, extra=None, quiet=False) -> LoadResult:
+async def run_load(
+    url, settings, catalogue, args, *, rate=None, concurrency=None, duration=None, run_id=None, extra=None, quiet=False
+) -> LoadResult:
     generator = LoadGenerator(
         url,
         settings,
@@ -234,7 +265,12 @@ async def run_load(url, settings, catalogue, args, *, rate=None, concurrency=Non
         run_id=run_id,
     )
     return await generator.run(
-        duration_s=duration or args.duration, rate=rate, concurrency=concurrency, max_orders=args.max_orders, drain_timeout_s=args.drain_timeout, extra=extra
+        duration_s=duration or args.duration,
+        rate=rate,
+        concurrency=concurrency,
+        max_orders=args.max_orders,
+        drain_timeout_s=args.drain_timeout,
+        extra=extra,
     )
 
 
@@ -295,9 +331,9 @@ def kernel_tcp_counters(path: Path = Path("/proc/net/netstat")) -> dict[str, int
         lines = path.read_text().splitlines()
     except OSError:
         return None
-    for header, values in zip(lines[::2], lines[1::2]):
+    for header, values in zip(lines[::2], lines[1::2], strict=False):
         if header.startswith("TcpExt:") and values.startswith("TcpExt:"):
-            table = dict(zip(header.split()[1:], values.split()[1:]))
+            table = dict(zip(header.split()[1:], values.split()[1:], strict=False))
             return {name: int(table[name]) for name in KERNEL_TCP_COUNTERS if name in table}
     return None
 
@@ -335,7 +371,11 @@ async def provider_call_peaks(settings, since: float, until: float, window_s: in
     engine = create_engine(settings, pool_size=1)
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(query, {"a": datetime.fromtimestamp(since, UTC), "b": datetime.fromtimestamp(until, UTC)})).all()
+            rows = (
+                await conn.execute(
+                    query, {"a": datetime.fromtimestamp(since, UTC), "b": datetime.fromtimestamp(until, UTC)}
+                )
+            ).all()
     finally:
         await engine.dispose()
     per_second: dict[str, dict[int, int]] = {"payments": {}, "shipping": {}}
@@ -358,7 +398,7 @@ async def provider_call_peaks(settings, since: float, until: float, window_s: in
 
 
 async def bare_engine_baseline(stack, client, shape: dict, *, concurrency: int, duration: float) -> dict:
-    from cli.bare_engine import BareInput, drive
+    from bench.bare_engine import BareInput, drive
     from core.config import settings_env
     from devstack.processes import ManagedProcess
 
@@ -366,21 +406,30 @@ async def bare_engine_baseline(stack, client, shape: dict, *, concurrency: int, 
     log_path = stack.logs / "bare-worker.log"
     worker = ManagedProcess(
         "bare-worker",
-        [sys.executable, "-m", "cli.bare_engine", "--address", stack.temporal.address, "--task-queue", queue],
+        [sys.executable, "-m", "bench.bare_engine", "--address", stack.temporal.address, "--task-queue", queue],
         settings_env(stack.settings),
         log_path,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         ready_check=lambda: log_path.exists() and "bare worker running" in log_path.read_text(errors="replace"),
         ready_timeout=30,
     )
     await asyncio.to_thread(worker.start)
     try:
         await asyncio.to_thread(worker.wait_ready)
-        bare = BareInput(activities=round(shape.get("activities", 5)), local_activities=round(shape.get("local_activities", 5)), signals=round(shape.get("signals", 3)), upserts=round(shape.get("upserts", 0)))
-        from cli.stack import cpu_per_unit, own_cpu_seconds, tree_cpu_seconds
+        bare = BareInput(
+            activities=round(shape.get("activities", 5)),
+            local_activities=round(shape.get("local_activities", 5)),
+            signals=round(shape.get("signals", 3)),
+            upserts=round(shape.get("upserts", 0)),
+        )
+        from bench.stack import cpu_per_unit, own_cpu_seconds, tree_cpu_seconds
 
         def cpu() -> dict[str, float]:
-            return {"temporal": tree_cpu_seconds(stack.temporal.pid), "bare worker": tree_cpu_seconds(worker.pid), "load generator": own_cpu_seconds()}
+            return {
+                "temporal": tree_cpu_seconds(stack.temporal.pid),
+                "bare worker": tree_cpu_seconds(worker.pid),
+                "load generator": own_cpu_seconds(),
+            }
 
         before, began = cpu(), time.monotonic()
         figures = await drive(client, queue, bare, concurrency=concurrency, duration_s=duration)
@@ -393,17 +442,17 @@ async def bare_engine_baseline(stack, client, shape: dict, *, concurrency: int, 
 async def direct_baseline(stack, catalogue: Catalogue, *, concurrency: int, duration: float) -> dict:
     import httpx
 
-    from cli.loadgen import ADDRESS
+    from bench.loadgen import ADDRESS
     from core.config import settings_env
     from devstack.processes import ManagedProcess, free_port
 
     port = free_port()
     process = ManagedProcess(
         "direct",
-        [sys.executable, "-m", "cli.direct_baseline", "--port", str(port)],
+        [sys.executable, "-m", "bench.direct_baseline", "--port", str(port)],
         settings_env(stack.settings),
         stack.logs / "direct.log",
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         ready_url=f"http://127.0.0.1:{port}/docs",
         ready_timeout=30,
     )
@@ -419,7 +468,10 @@ async def direct_baseline(stack, catalogue: Catalogue, *, concurrency: int, dura
                 while time.monotonic() < end:
                     started = time.monotonic()
                     try:
-                        response = await http.post("/direct/orders", json={"sku": catalogue.cheap_sku, "quantity": 1, "shipping_address": ADDRESS})
+                        response = await http.post(
+                            "/direct/orders",
+                            json={"sku": catalogue.cheap_sku, "quantity": 1, "shipping_address": ADDRESS},
+                        )
                         statuses[response.status_code] += 1
                         if response.status_code == 201:
                             latencies.append(time.monotonic() - started)
@@ -460,20 +512,28 @@ def format_report(report: dict) -> str:
         lines.append(f"{'route':28} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
         for route, lat in s["latency_ms"].items():
             lines.append(f"{route:28} {lat['n']:>6} {lat['p50']!s:>8} {lat['p95']!s:>8} {lat['p99']!s:>8}")
-        lines.append(f"submit -> shipped   p50 {s['submit_to_shipped_ms']['p50']} ms  p99 {s['submit_to_shipped_ms']['p99']} ms")
-        lines.append(f"submit -> completed p50 {s['submit_to_completed_ms']['p50']} ms  p99 {s['submit_to_completed_ms']['p99']} ms (includes the carrier's delivery delay)")
+        lines.append(
+            f"submit -> shipped   p50 {s['submit_to_shipped_ms']['p50']} ms  p99 {s['submit_to_shipped_ms']['p99']} ms"
+        )
+        lines.append(
+            f"submit -> completed p50 {s['submit_to_completed_ms']['p50']} ms  p99 {s['submit_to_completed_ms']['p99']} ms (includes the carrier's delivery delay)"
+        )
         lines.append(
             f"HTTP statuses {s['http_statuses']}  5xx other than 503+Retry-After: {s['http_5xx_not_503_with_retry_after']}"
             + (f"  no answer: {s['no_answer_by_error']}" if s.get("no_answer") else "")
         )
-        lines.append(f"load generator: {s['submitted_per_s']} orders/s offered, its event loop {s['generator_max_loop_lag_s']} s late at worst")
+        lines.append(
+            f"load generator: {s['submitted_per_s']} orders/s offered, its event loop {s['generator_max_loop_lag_s']} s late at worst"
+        )
         lines.append(f"outcomes {s['outcomes']}")
         if run.get("cpu"):
             lines.append(_cpu_line("CPU per ended order", run["cpu"]))
         if run.get("gateway"):
             answered = sum(v["answered"] for v in run["gateway"].values())
             slow = sum(v["over_15s"] for v in run["gateway"].values())
-            lines.append(f"the gateway's own clock (/metrics): {answered} requests answered, {slow} of them after more than 15 s; per route, p50 / p99 at most:")
+            lines.append(
+                f"the gateway's own clock (/metrics): {answered} requests answered, {slow} of them after more than 15 s; per route, p50 / p99 at most:"
+            )
             for route, v in sorted(run["gateway"].items()):
                 if "p99_s" in v:
                     lines.append(f"  {route:32} {v['answered']:>6}  {v['p50_s']:g} s / {v['p99_s']:g} s")
@@ -484,10 +544,13 @@ def format_report(report: dict) -> str:
                 f"{k.get('TCPSynRetrans', 0)} SYN retransmissions, {k.get('TCPTimeouts', 0)} retransmission timeouts"
             )
         if run.get("provider_calls"):
-            lines.append("provider calls: " + ", ".join(
-                f"{kind} busiest 5 s {v['peak_5s_per_s']}/s, busiest second {v['peak_per_s']} (cap {v['cap_per_s']:g}/s, {v['total']} in all)"
-                for kind, v in run["provider_calls"].items()
-            ))
+            lines.append(
+                "provider calls: "
+                + ", ".join(
+                    f"{kind} busiest 5 s {v['peak_5s_per_s']}/s, busiest second {v['peak_per_s']} (cap {v['cap_per_s']:g}/s, {v['total']} in all)"
+                    for kind, v in run["provider_calls"].items()
+                )
+            )
     cost = report.get("temporal_per_completed_order")
     if cost and cost.get("sampled"):
         lines.append(
@@ -500,12 +563,16 @@ def format_report(report: dict) -> str:
         lines.append("\n== baselines (same servers, same concurrency) ==")
         if "bare_engine" in base:
             b = base["bare_engine"]
-            lines.append(f"bare engine {b['shape']}: {b['completed_per_s']} workflows/s, p50 {b['latency_ms']['p50']} ms, p99 {b['latency_ms']['p99']} ms")
+            lines.append(
+                f"bare engine {b['shape']}: {b['completed_per_s']} workflows/s, p50 {b['latency_ms']['p50']} ms, p99 {b['latency_ms']['p99']} ms"
+            )
             if b.get("cpu"):
                 lines.append(_cpu_line("CPU per bare workflow", b["cpu"]))
         if "direct" in base:
             d = base["direct"]
-            lines.append(f"direct handler: {d['completed_per_s']} orders/s, p50 {d['latency_ms']['p50']} ms, p99 {d['latency_ms']['p99']} ms")
+            lines.append(
+                f"direct handler: {d['completed_per_s']} orders/s, p50 {d['latency_ms']['p50']} ms, p99 {d['latency_ms']['p99']} ms"
+            )
         for key, value in (report.get("ratios") or {}).items():
             lines.append(f"{key}: {value}")
     rss = report.get("rss_mb")
@@ -544,7 +611,13 @@ def write_chart(report: dict, path: Path) -> bool:
         rate_ax.set_ylabel("orders per second")
         rate_ax.legend(fontsize=8)
         lat_ax.plot(t, [r["submit_p50_ms"] for r in rows], "o-", markersize=3, label="submit p50")
-        lat_ax.plot(t, [r["submit_p99_ms"] for r in rows], "s-", markersize=3, label="submit p99 (by second the request started)")
+        lat_ax.plot(
+            t,
+            [r["submit_p99_ms"] for r in rows],
+            "s-",
+            markersize=3,
+            label="submit p99 (by second the request started)",
+        )
         lat_ax.set_ylabel("POST /v1/orders latency (ms)")
         lat_ax.set_xlabel("seconds")
         lat_ax.legend(fontsize=8)
@@ -573,18 +646,27 @@ def _parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
     return parsed
 
 
-async def _measure(args: argparse.Namespace, stack, url: str, settings, client, catalogue: Catalogue, initial_stock) -> dict:
+async def _measure(
+    args: argparse.Namespace, stack, url: str, settings, client, catalogue: Catalogue, initial_stock
+) -> dict:
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:], "cpus": _cpus()}
     run_id = uuid.uuid4().hex[:6]
     rss: dict[str, Any] = {}
     if stack is not None:
         rss["start"] = stack.rss_mb()
-        report["stack"] = {"workers": len(stack.workers), "settings": dict(stack.options.settings), "temporal_dynamic_config": dict(stack.options.temporal_dynamic_config)}
+        report["stack"] = {
+            "workers": len(stack.workers),
+            "settings": dict(stack.options.settings),
+            "temporal_dynamic_config": dict(stack.options.temporal_dynamic_config),
+        }
 
     if args.rate is not None:
         mode, kwargs = f"open loop {args.rate}/s for {args.duration:.0f} s", {"rate": args.rate}
     else:
-        mode, kwargs = f"closed loop, concurrency {args.concurrency}, {args.duration:.0f} s", {"concurrency": args.concurrency}
+        mode, kwargs = (
+            f"closed loop, concurrency {args.concurrency}, {args.duration:.0f} s",
+            {"concurrency": args.concurrency},
+        )
     samples: list[dict] = []
 
     async def sample_rss() -> None:
@@ -601,9 +683,11 @@ async def _measure(args: argparse.Namespace, stack, url: str, settings, client, 
     summary = summarize(result)
     report["platform"] = {"mode": mode, "summary": summary, "timeline": timeline(result)}
     if cpu_before is not None:
-        from cli.stack import cpu_per_unit
+        from bench.stack import cpu_per_unit
 
-        report["platform"]["cpu"] = cpu_per_unit(cpu_before, await asyncio.to_thread(stack.cpu_seconds), len(result.ended), time.monotonic() - began)
+        report["platform"]["cpu"] = cpu_per_unit(
+            cpu_before, await asyncio.to_thread(stack.cpu_seconds), len(result.ended), time.monotonic() - began
+        )
     if settings.database_url:
         report["platform"]["provider_calls"] = await provider_call_peaks(settings, result.started, time.time())
     accepted_ids = [o.order_id for o in result.accepted]
@@ -613,19 +697,27 @@ async def _measure(args: argparse.Namespace, stack, url: str, settings, client, 
         rss["samples"] = samples
         report["rss_mb"] = rss
 
-    report["temporal_per_completed_order"] = await temporal_cost(client, completed_ids, args.history_sample) if client else {"sampled": 0}
+    report["temporal_per_completed_order"] = (
+        await temporal_cost(client, completed_ids, args.history_sample) if client else {"sampled": 0}
+    )
 
     if args.half_rate_check and summary["throughput_ended_per_s"] > 0:
         half = round(summary["throughput_ended_per_s"] / 2, 2)
         _say(f"half the measured rate: open loop at {half}/s")
         half_result = await run_load(url, settings, catalogue, args, rate=half, run_id=run_id + "h")
-        report["half_rate"] = {"mode": f"open loop {half}/s (half of {summary['throughput_ended_per_s']}/s) for {args.duration:.0f} s", "summary": summarize(half_result), "timeline": timeline(half_result)}
+        report["half_rate"] = {
+            "mode": f"open loop {half}/s (half of {summary['throughput_ended_per_s']}/s) for {args.duration:.0f} s",
+            "summary": summarize(half_result),
+            "timeline": timeline(half_result),
+        }
         accepted_ids += [o.order_id for o in half_result.accepted]
 
     if args.spike:
         sustainable = args.sustainable_rate or summary["throughput_ended_per_s"]
         spike_rate = round(sustainable * args.spike_factor, 1)
-        _say(f"spike: {spike_rate}/s ({args.spike_factor:g}x {sustainable}/s) for {args.spike_duration:.0f} s, then drain")
+        _say(
+            f"spike: {spike_rate}/s ({args.spike_factor:g}x {sustainable}/s) for {args.spike_duration:.0f} s, then drain"
+        )
         gateway_before = await gateway_answer_times(url)
         kernel_before = kernel_tcp_counters()
         if stack is not None:
@@ -633,11 +725,17 @@ async def _measure(args: argparse.Namespace, stack, url: str, settings, client, 
             # not be starved by the stack it overloads, or it cannot offer the spike at all.
             await asyncio.to_thread(stack.set_priority, 5)
         try:
-            spike_result = await run_load(url, settings, catalogue, args, rate=spike_rate, duration=args.spike_duration, run_id=run_id + "s")
+            spike_result = await run_load(
+                url, settings, catalogue, args, rate=spike_rate, duration=args.spike_duration, run_id=run_id + "s"
+            )
         finally:
             if stack is not None:
                 await asyncio.to_thread(stack.set_priority, 0)
-        report["spike"] = {"mode": f"open loop {spike_rate}/s ({args.spike_factor:g}x {sustainable}/s) for {args.spike_duration:.0f} s", "summary": summarize(spike_result), "timeline": timeline(spike_result)}
+        report["spike"] = {
+            "mode": f"open loop {spike_rate}/s ({args.spike_factor:g}x {sustainable}/s) for {args.spike_duration:.0f} s",
+            "summary": summarize(spike_result),
+            "timeline": timeline(spike_result),
+        }
         report["spike"]["gateway"] = subtract(await gateway_answer_times(url), gateway_before)
         report["spike"]["kernel_tcp"] = subtract_counters(kernel_tcp_counters(), kernel_before)
         if settings.database_url:
@@ -647,25 +745,39 @@ async def _measure(args: argparse.Namespace, stack, url: str, settings, client, 
     if client is not None and settings.database_url:
         _say(f"checking invariants over {len(accepted_ids)} accepted orders")
         invariants = await check_invariants(settings, client, accepted_ids, initial_stock)
-        report["invariants"] = {"ok": invariants.ok, "table": invariants.table(), "checks": [asdict(c) | {"problems": c.problems[:10]} for c in invariants.checks]}
+        report["invariants"] = {
+            "ok": invariants.ok,
+            "table": invariants.table(),
+            "checks": [asdict(c) | {"problems": c.problems[:10]} for c in invariants.checks],
+        }
 
     if stack is not None and args.baselines:
         cost = report["temporal_per_completed_order"]
         concurrency = args.concurrency or max(8, int((args.rate or 10) * 2))
         base_duration = min(args.duration, args.baseline_duration)
         _say(f"baseline (a): bare engine, concurrency {concurrency}, {base_duration:.0f} s")
-        bare = await bare_engine_baseline(stack, client, cost if cost.get("sampled") else {}, concurrency=concurrency, duration=base_duration)
+        bare = await bare_engine_baseline(
+            stack, client, cost if cost.get("sampled") else {}, concurrency=concurrency, duration=base_duration
+        )
         _say(f"baseline (b): direct handler, concurrency {concurrency}, {base_duration:.0f} s")
         direct = await direct_baseline(stack, catalogue, concurrency=concurrency, duration=base_duration)
         report["baselines"] = {"bare_engine": bare, "direct": direct}
         if args.rate is None:
             platform = summary["throughput_ended_per_s"]
             report["ratios"] = {
-                "platform/bare_engine (ended orders per s / workflows per s)": round(platform / bare["completed_per_s"], 2) if bare["completed_per_s"] else None,
-                "platform/direct (ended orders per s / orders per s)": round(platform / direct["completed_per_s"], 2) if direct["completed_per_s"] else None,
+                "platform/bare_engine (ended orders per s / workflows per s)": round(
+                    platform / bare["completed_per_s"], 2
+                )
+                if bare["completed_per_s"]
+                else None,
+                "platform/direct (ended orders per s / orders per s)": round(platform / direct["completed_per_s"], 2)
+                if direct["completed_per_s"]
+                else None,
             }
         else:
-            report["ratios"] = {"note": "open loop: throughput is the offered rate; run closed loop (--concurrency) for ratios"}
+            report["ratios"] = {
+                "note": "open loop: throughput is the offered rate; run closed loop (--concurrency) for ratios"
+            }
     return report
 
 
@@ -687,7 +799,7 @@ async def _run_against_url(args: argparse.Namespace) -> dict:
     catalogue = await catalogue_from_api(url, mint_token(settings, "bench-catalogue", "customer"))
     try:
         client = await connect_client(settings)
-    except Exception as error:  # noqa: BLE001 - the bench still measures the API without Temporal figures
+    except Exception as error:
         _say(f"cannot reach Temporal at {settings.temporal_address} ({error}); no history figures or invariants")
         client = None
     return await _measure(args, None, url, settings, client, catalogue, None)
@@ -697,7 +809,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     """Run the benchmark described by ``args``; returns the report (also printed / written)."""
     if args.url:
         return asyncio.run(_run_against_url(args))
-    from cli.stack import BenchStack, StackOptions
+    from bench.stack import BenchStack, StackOptions
 
     options = StackOptions(
         workers=args.workers,
@@ -752,7 +864,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _say(f"wrote {chart}")
     bad = report.get("invariants", {}).get("ok") is False
     for name in ("platform", "half_rate", "spike"):
-        if report.get(name) and (report[name]["summary"]["http_5xx_not_503_with_retry_after"] or report[name]["summary"]["orders_unfinished"]):
+        if report.get(name) and (
+            report[name]["summary"]["http_5xx_not_503_with_retry_after"] or report[name]["summary"]["orders_unfinished"]
+        ):
             bad = True
     return 1 if bad else 0
 
@@ -760,21 +874,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_load_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by `orders bench` and `orders chaos`."""
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
-    parser.add_argument("--max-orders", type=int, default=20_000, help="stop submitting after this many orders (default 20000)")
-    parser.add_argument("--drain-timeout", type=float, default=180.0, help="seconds to wait for accepted orders to end (default 180)")
+    parser.add_argument(
+        "--max-orders", type=int, default=20_000, help="stop submitting after this many orders (default 20000)"
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=180.0, help="seconds to wait for accepted orders to end (default 180)"
+    )
     parser.add_argument("--customers", type=int, default=500, help="distinct customer tokens (default 500)")
-    parser.add_argument("--decline", type=float, default=0.05, help="share of orders paid with tok_decline (default 0.05)")
-    parser.add_argument("--cancel", type=float, default=0.05, help="share cancelled right after submitting (default 0.05)")
-    parser.add_argument("--expensive", type=float, default=0.05, help="share at the review threshold, approved by an operator (default 0.05)")
+    parser.add_argument(
+        "--decline", type=float, default=0.05, help="share of orders paid with tok_decline (default 0.05)"
+    )
+    parser.add_argument(
+        "--cancel", type=float, default=0.05, help="share cancelled right after submitting (default 0.05)"
+    )
+    parser.add_argument(
+        "--expensive",
+        type=float,
+        default=0.05,
+        help="share at the review threshold, approved by an operator (default 0.05)",
+    )
     parser.add_argument("--reads", type=int, default=1, help="extra list reads per order besides polling (default 1)")
     parser.add_argument(
-        "--poll-interval", type=float, default=1.0,
+        "--poll-interval",
+        type=float,
+        default=1.0,
         help="seconds between a client's status reads of its order until it ends (default 1; each read is a GET the gateway serves)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="worker processes of the embedded stack (default 1)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a setting of the embedded stack, e.g. --set worker_max_cached_workflows=2000")
-    parser.add_argument("--temporal-config", action="append", default=[], metavar="KEY=JSON", help="dynamic config of the embedded Temporal server")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a setting of the embedded stack, e.g. --set worker_max_cached_workflows=2000",
+    )
+    parser.add_argument(
+        "--temporal-config",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="dynamic config of the embedded Temporal server",
+    )
     parser.add_argument("--keep-data", action="store_true", help="keep the embedded stack's temporary folder (logs)")
 
 
@@ -785,7 +926,9 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("--url", default=None, help="drive a running `orders dev` at this 127.0.0.1 URL instead of an own stack")
+    bench.add_argument(
+        "--url", default=None, help="drive a running `orders dev` at this 127.0.0.1 URL instead of an own stack"
+    )
     load = bench.add_mutually_exclusive_group()
     load.add_argument("--rate", type=float, default=None, help="open loop: orders per second")
     load.add_argument("--concurrency", type=int, default=None, help="closed loop: orders in flight (default 32)")
@@ -796,14 +939,26 @@ def register(subparsers) -> None:
         metavar="postgresql://USER@127.0.0.1:5432",
         help="use this PostgreSQL server (a fresh database is created on it) instead of an embedded one",
     )
-    bench.add_argument("--no-baselines", dest="baselines", action="store_false", help="skip the bare-engine and direct baselines")
+    bench.add_argument(
+        "--no-baselines", dest="baselines", action="store_false", help="skip the bare-engine and direct baselines"
+    )
     bench.add_argument("--baseline-duration", type=float, default=20.0, help="seconds per baseline (default 20)")
-    bench.add_argument("--half-rate-check", action="store_true", help="then run open loop at half the measured rate (the latency target)")
-    bench.add_argument("--spike", action="store_true", help="then 10x the sustainable rate for 30 s and report the drain time")
+    bench.add_argument(
+        "--half-rate-check",
+        action="store_true",
+        help="then run open loop at half the measured rate (the latency target)",
+    )
+    bench.add_argument(
+        "--spike", action="store_true", help="then 10x the sustainable rate for 30 s and report the drain time"
+    )
     bench.add_argument("--spike-factor", type=float, default=10.0)
     bench.add_argument("--spike-duration", type=float, default=30.0)
-    bench.add_argument("--sustainable-rate", type=float, default=None, help="base of the spike (default: the measured ended/s)")
-    bench.add_argument("--history-sample", type=int, default=20, help="completed workflows whose histories are counted (default 20)")
+    bench.add_argument(
+        "--sustainable-rate", type=float, default=None, help="base of the spike (default: the measured ended/s)"
+    )
+    bench.add_argument(
+        "--history-sample", type=int, default=20, help="completed workflows whose histories are counted (default 20)"
+    )
     bench.add_argument("--json", type=Path, default=None, help="write the report as JSON (and a PNG chart next to it)")
     bench.add_argument("--chart", type=Path, default=None, help="write the chart here (default: next to --json)")
     bench.set_defaults(func=cmd_bench)

@@ -121,5 +121,9 @@ shipment_events = Table(
     Column("sent_at", DateTime(timezone=True)),
     CheckConstraint("state IN ('pending', 'sent', 'failed', 'cancelled')", name="state"),
 )
-Index("ix_sandbox_shipment_events_due", shipment_events.c.next_event_at, postgresql_where=shipment_events.c.state == "pending")
+Index(
+    "ix_sandbox_shipment_events_due",
+    shipment_events.c.next_event_at,
+    postgresql_where=shipment_events.c.state == "pending",
+)
 Index("uq_sandbox_shipment_events_tracking_seq", shipment_events.c.tracking_number, shipment_events.c.seq, unique=True)

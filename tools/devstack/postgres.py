@@ -35,8 +35,8 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import psutil
 
@@ -87,9 +87,7 @@ class EmbeddedPostgres:
             self.settings.update(_FAST_SETTINGS)
         self.settings.update({k: str(v) for k, v in (settings or {}).items()})
         self.log_path = (
-            Path(log_path).absolute()
-            if log_path is not None
-            else self.data_dir.with_name(self.data_dir.name + ".log")
+            Path(log_path).absolute() if log_path is not None else self.data_dir.with_name(self.data_dir.name + ".log")
         )
         self.superuser = superuser
         self.bin_dir = postgres_bin_dir(pg_major)
@@ -115,7 +113,7 @@ class EmbeddedPostgres:
     def initialized(self) -> bool:
         return (self.data_dir / "PG_VERSION").is_file()
 
-    def start(self) -> "EmbeddedPostgres":
+    def start(self) -> EmbeddedPostgres:
         """Start (or adopt) the server and wait until it accepts TCP connections. Idempotent."""
         t0 = time.monotonic()
         if self._proc is not None and self._proc.poll() is None and self._pid is not None:
@@ -193,10 +191,22 @@ class EmbeddedPostgres:
         res = subprocess.run(
             [
                 str(self.bin_dir / "psql"),
-                "-X", "-q", "-A", "-t",
-                "-v", "ON_ERROR_STOP=1",
-                "-h", self.host, "-p", str(self.port), "-U", self.superuser, "-d", database,
-                "-c", sql,
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                self.superuser,
+                "-d",
+                database,
+                "-c",
+                sql,
             ],
             capture_output=True,
             text=True,
@@ -228,7 +238,7 @@ class EmbeddedPostgres:
     def log_tail(self, lines: int = 30) -> str:
         return tail_file(self.log_path, lines)
 
-    def __enter__(self) -> "EmbeddedPostgres":
+    def __enter__(self) -> EmbeddedPostgres:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -277,7 +287,7 @@ class EmbeddedPostgres:
             return
         st = path.stat()
         if st.st_uid != u.pw_uid:
-            for root, dirs, files in os.walk(path):
+            for root, _dirs, files in os.walk(path):
                 os.chown(root, u.pw_uid, u.pw_gid)
                 for f in files:
                     os.chown(os.path.join(root, f), u.pw_uid, u.pw_gid, follow_symlinks=False)
@@ -296,9 +306,7 @@ class EmbeddedPostgres:
             return
         t0 = time.monotonic()
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
-            raise PostgresError(
-                f"{self.data_dir} exists, is not empty and is not a PostgreSQL data directory"
-            )
+            raise PostgresError(f"{self.data_dir} exists, is not empty and is not a PostgreSQL data directory")
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         # initdb into a temp sibling and rename: a half-finished initdb never looks initialized.
         tmp = self.data_dir.with_name(f".{self.data_dir.name}.initdb-{os.getpid()}")
@@ -308,10 +316,13 @@ class EmbeddedPostgres:
             self._prepare_dir_for_user(tmp)
             argv = [
                 str(self.bin_dir / "initdb"),
-                "-D", str(tmp),
+                "-D",
+                str(tmp),
                 "--auth=trust",
-                "-U", self.superuser,
-                "-E", "UTF8",
+                "-U",
+                self.superuser,
+                "-E",
+                "UTF8",
                 "--no-locale",
                 "--no-instructions",
             ]
@@ -339,9 +350,7 @@ class EmbeddedPostgres:
 
     def _check_version(self) -> None:
         have = (self.data_dir / "PG_VERSION").read_text().strip()
-        out = subprocess.run(
-            [str(self.bin_dir / "postgres"), "--version"], capture_output=True, text=True
-        ).stdout
+        out = subprocess.run([str(self.bin_dir / "postgres"), "--version"], capture_output=True, text=True).stdout
         m = re.search(r"(\d+)(?:\.\d+)?", out)
         want = m.group(1) if m else "?"
         if have != want:

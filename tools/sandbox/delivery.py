@@ -150,7 +150,9 @@ class DeliveryLoop:
         that pace), at most ``max_idle_s``."""
         async with self._engine.connect() as conn:
             due_in = await conn.scalar(
-                select(func.extract("epoch", func.min(events.c.next_event_at) - func.now())).where(*_NEXT_OF_ITS_SHIPMENT)
+                select(func.extract("epoch", func.min(events.c.next_event_at) - func.now())).where(
+                    *_NEXT_OF_ITS_SHIPMENT
+                )
             )
         if due_in is None:
             return self._max_idle_s
@@ -178,7 +180,11 @@ class DeliveryLoop:
         """(error, retryable): error is None when the gateway accepted the event."""
         assert self._http is not None, "DeliveryLoop.start() was not called"
         body = json.dumps(
-            {"tracking_number": row["tracking_number"], "event": row["event"], "occurred_at": rfc3339(row["occurred_at"])},
+            {
+                "tracking_number": row["tracking_number"],
+                "event": row["event"],
+                "occurred_at": rfc3339(row["occurred_at"]),
+            },
             separators=(",", ":"),
         ).encode()
         now = int(time.time())
@@ -220,7 +226,9 @@ class DeliveryLoop:
         if error is not None:
             log.warning("carrier event %s %s given up: %s", row["tracking_number"], row["event"], error)
         await conn.execute(
-            update(events).where(this_event).values(state=state, attempts=attempts, last_error=error, sent_at=func.clock_timestamp())
+            update(events)
+            .where(this_event)
+            .values(state=state, attempts=attempts, last_error=error, sent_at=func.clock_timestamp())
         )
         # The parcel moved whether or not the gateway heard about it.
         await conn.execute(

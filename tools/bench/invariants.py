@@ -54,7 +54,9 @@ class InvariantReport:
         width = max(len(c.name) for c in self.checks)
         lines = [f"{'invariant'.ljust(width)}  result  checked  first problems"]
         for c in self.checks:
-            lines.append(f"{c.name.ljust(width)}  {'ok' if c.ok else 'FAIL':6}  {c.checked:7}  {'; '.join(c.problems[:3])}")
+            lines.append(
+                f"{c.name.ljust(width)}  {'ok' if c.ok else 'FAIL':6}  {c.checked:7}  {'; '.join(c.problems[:3])}"
+            )
         return "\n".join(lines)
 
 
@@ -105,15 +107,21 @@ class InvariantChecker:
                 if description.status == WorkflowExecutionStatus.COMPLETED:
                     final = await handle.result()
                     if final.status != view.status or final.failure_reason != view.failure_reason:
-                        problems.append(f"{order_id}: workflow ended {final.status.value}, read model says {view.status.value}")
+                        problems.append(
+                            f"{order_id}: workflow ended {final.status.value}, read model says {view.status.value}"
+                        )
                 elif description.status == WorkflowExecutionStatus.RUNNING:
                     live = await handle.query(QUERY_ORDER, result_type=OrderView)
                     if not (allow_waiting and live.status in LEGITIMATE_WAITS):
                         problems.append(f"{order_id}: still running in {live.status.value}")
                     elif live.status != view.status:
-                        problems.append(f"{order_id}: workflow in {live.status.value}, read model says {view.status.value}")
+                        problems.append(
+                            f"{order_id}: workflow in {live.status.value}, read model says {view.status.value}"
+                        )
                 else:
-                    problems.append(f"{order_id}: workflow {description.status.name if description.status else 'unknown'}")
+                    problems.append(
+                        f"{order_id}: workflow {description.status.name if description.status else 'unknown'}"
+                    )
 
         await asyncio.gather(*(one(order_id, view) for order_id, view in views.items()))
         return Check("1 accepted orders end (or wait) and the read model agrees", not problems, len(views), problems)
@@ -130,7 +138,9 @@ class InvariantChecker:
         in_scope = {str(order_id) for order_id in views}
         authorizations = [a for a in ledger["authorizations"] if a["order_id"] in in_scope]
         auth_order = {a["id"]: a["order_id"] for a in authorizations}
-        moved_keys = Counter(m["idempotency_key"] for m in ledger["money_movements"] if m["authorization_id"] in auth_order)
+        moved_keys = Counter(
+            m["idempotency_key"] for m in ledger["money_movements"] if m["authorization_id"] in auth_order
+        )
         problems += [f"key {key} moved money {count} times" for key, count in moved_keys.items() if count > 1]
         per_order = Counter(a["order_id"] for a in authorizations)
         problems += [f"order {order} has {count} authorizations" for order, count in per_order.items() if count > 1]
@@ -151,11 +161,15 @@ class InvariantChecker:
                 expected = 0  # never charged, voided, or refunded (lost parcels)
             expected_total += expected
             if net_by_order.get(key, 0) != expected:
-                problems.append(f"order {key} ({view.status.value}): provider net {net_by_order.get(key, 0)}, expected {expected}")
+                problems.append(
+                    f"order {key} ({view.status.value}): provider net {net_by_order.get(key, 0)}, expected {expected}"
+                )
         captured = sum(net_by_order.values())
         if captured != expected_total:
             problems.append(f"captured minus refunded {captured} != completed totals {expected_total}")
-        return Check("2 captures - refunds = completed totals; one charge per key", not problems, len(authorizations), problems)
+        return Check(
+            "2 captures - refunds = completed totals; one charge per key", not problems, len(authorizations), problems
+        )
 
     async def _stock(self, views: dict[uuid.UUID, OrderView], initial_stock: dict[str, int] | None) -> Check:
         skus = {line.sku for view in views.values() for line in view.items} | set(initial_stock or {})
@@ -163,9 +177,13 @@ class InvariantChecker:
         async with self._engine.connect() as conn:
             counters = {
                 row.sku: (row.on_hand, row.reserved)
-                for row in (await conn.execute(select(stock.c.sku, stock.c.on_hand, stock.c.reserved).where(stock.c.sku.in_(skus))))
+                for row in (
+                    await conn.execute(
+                        select(stock.c.sku, stock.c.on_hand, stock.c.reserved).where(stock.c.sku.in_(skus))
+                    )
+                )
             }
-            sums = defaultdict(lambda: {"reserved": 0, "committed": 0})
+            sums: defaultdict[str, dict[str, int]] = defaultdict(lambda: {"reserved": 0, "committed": 0})
             for row in await conn.execute(
                 select(stock_reservations.c.sku, stock_reservations.c.state, func.sum(stock_reservations.c.quantity))
                 .where(stock_reservations.c.sku.in_(skus))
@@ -180,11 +198,22 @@ class InvariantChecker:
             if reserved != sums[sku]["reserved"]:
                 problems.append(f"{sku}: reserved {reserved} but open reservations sum to {sums[sku]['reserved']}")
             if initial_stock and sku in initial_stock and initial_stock[sku] != on_hand + sums[sku]["committed"]:
-                problems.append(f"{sku}: initial {initial_stock[sku]} != on_hand {on_hand} + shipped {sums[sku]['committed']}")
-        return Check("3 stock balances: initial = on_hand + shipped; reserved = open reservations", not problems, len(skus), problems)
+                problems.append(
+                    f"{sku}: initial {initial_stock[sku]} != on_hand {on_hand} + shipped {sums[sku]['committed']}"
+                )
+        return Check(
+            "3 stock balances: initial = on_hand + shipped; reserved = open reservations",
+            not problems,
+            len(skus),
+            problems,
+        )
 
     async def _no_reservations_after_failure(self, views: dict[uuid.UUID, OrderView]) -> Check:
-        ended = [order_id for order_id, view in views.items() if view.status in ENDED_WITHOUT_GOODS and view.failure_reason != FailureReason.LOST_IN_TRANSIT]
+        ended = [
+            order_id
+            for order_id, view in views.items()
+            if view.status in ENDED_WITHOUT_GOODS and view.failure_reason != FailureReason.LOST_IN_TRANSIT
+        ]
         async with self._engine.connect() as conn:
             holding = (
                 await conn.execute(
@@ -208,5 +237,9 @@ class InvariantChecker:
         problems = []
         per_order = Counter(row.order_id for row in rows)
         problems += [f"order {order} claimed by {count} keys" for order, count in per_order.items() if count > 1]
-        problems += [f"key of order {row.order_id} belongs to {row.customer_id}, order to {views[row.order_id].customer_id}" for row in rows if views[row.order_id].customer_id != row.customer_id]
+        problems += [
+            f"key of order {row.order_id} belongs to {row.customer_id}, order to {views[row.order_id].customer_id}"
+            for row in rows
+            if views[row.order_id].customer_id != row.customer_id
+        ]
         return Check("5 one order per (customer, Idempotency-Key)", not problems, len(rows), problems)

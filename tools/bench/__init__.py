@@ -1,0 +1,1 @@
+"""Load, chaos and baselines for the orders platform: measurement tooling, not product."""
