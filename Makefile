@@ -21,11 +21,13 @@ install: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/orders dev
 
-# ruff (lint and format) over the repository, mypy over the product packages (pyproject.toml).
+# ruff (lint and format) over the repository, mypy over the product packages and the import
+# contracts between layers (all configured in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -170,8 +170,7 @@ def _register_tool_commands(sub: argparse._SubParsersAction) -> None:
     for name, help_text in TOOL_COMMANDS.items():
         if name not in found:
             missing = sub.add_parser(name, help=f"{help_text} (development tools, not installed)", add_help=False)
-            missing.add_argument("rest", nargs=argparse.REMAINDER)
-            missing.set_defaults(func=_tools_missing(name))
+            missing.set_defaults(func=_tools_missing(name), tools_missing=True)
     for _, entry in sorted(found.items()):
         entry.load()(sub)
 
@@ -200,7 +199,9 @@ def stop_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "tools_missing", False):  # their options are not known here
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     stop_on_sigterm()  # `timeout orders bench ...` must stop the stack it started, as Ctrl-C does
     try:
         return args.func(args)
