@@ -47,8 +47,8 @@ def cache_workflow_bytecode(workflow_classes: Iterable[type]) -> None:
     The workflow sandbox executes a workflow's module afresh for every workflow instance it
     creates (each start, each cache eviction). Python reads cached bytecode for that, but never
     writes it under PYTHONDONTWRITEBYTECODE=1 (as on the machines this is developed on) or in a
-    checkout nobody imported from yet, and then compiles the source every time: about 6 % of a
-    busy worker's CPU (py-spy, docs/performance.md). A read-only install is fine: the image
+    checkout nobody imported from yet, and then compiles the source every time, a cost that shows
+    in a busy worker's profile (docs/performance.md). A read-only install is fine: the image
     compiles its bytecode at build time.
     """
     for cls in workflow_classes:
