@@ -19,6 +19,7 @@ import asyncpg
 from core.config import Settings, settings_env
 from devstack.postgres import EmbeddedPostgres
 from devstack.processes import ManagedProcess, free_port
+from devstack.readiness import platform_task_queues, worker_polls
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,15 +59,14 @@ async def drop_database(admin_dsn: str, name: str) -> None:
 
 
 def start_worker(settings: Settings, log_dir: Path) -> ManagedProcess:
-    """`orders worker` as a child process, ready once its workers poll."""
-    log_path = log_dir / "worker.log"
+    """`orders worker` as a child process, ready once Temporal has seen it poll every task queue."""
     process = ManagedProcess(
         "worker",
         [sys.executable, "-m", "cli.main", "worker"],
         settings_env(settings),
-        log_path,
+        log_dir / "worker.log",
         cwd=ROOT,
-        ready_check=lambda: log_path.exists() and "workers running" in log_path.read_text(errors="replace"),
+        ready_check=worker_polls(settings, platform_task_queues(settings.task_queue), pid=lambda: process.pid),
         ready_timeout=30,
     )
     process.start()

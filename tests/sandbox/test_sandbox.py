@@ -423,7 +423,10 @@ async def test_an_idle_sender_does_not_poll_its_table(settings: Settings, webhoo
     async with await _idle_sandbox(settings, max_idle_s=2.0) as (app, _):
         await asyncio.sleep(0.3)
         statements: list[str] = []
-        listener = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+
+        def listener(conn, cursor, statement, *rest) -> None:
+            statements.append(statement)
+
         event.listen(app.state.engine.sync_engine, "before_cursor_execute", listener)
         try:
             await asyncio.sleep(1.5)
@@ -463,7 +466,7 @@ async def test_bench_reads_the_busiest_second_of_provider_calls_from_the_ledger(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     """The spike report's evidence that workers kept to their caps comes from this ledger query."""
-    from bench.bench import provider_call_peaks
+    from bench.measure.providers import provider_call_peaks
 
     since = time.time() - 1
     auth_ids = [await authorized(client) for _ in range(3)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.bench import percentile, summarize
 from bench.loadgen import ROUTE_SUBMIT, LoadResult, OrderOutcome, Sample, require_loopback
+from bench.measure.load import percentile, summarize
 
 
 def test_load_goes_to_this_machine_only():
@@ -76,7 +76,7 @@ def test_actions_are_counted_as_cloud_bills_them():
 
     from temporalio.client import WorkflowHistory
 
-    from bench.bench import count_actions
+    from bench.measure.temporal import count_actions
 
     golden = Path(__file__).resolve().parents[1] / "golden"
     history = WorkflowHistory.from_json(
@@ -88,7 +88,7 @@ def test_actions_are_counted_as_cloud_bills_them():
 
 
 def test_gateway_answer_times_are_differences_of_two_metric_snapshots():
-    from bench.bench import subtract
+    from bench.measure.gateway import subtract
 
     before = {"GET /v1/orders/{id}": {"count": 10.0, "within_15s": 10.0}}
     after = {
@@ -105,7 +105,7 @@ def test_gateway_answer_times_are_differences_of_two_metric_snapshots():
 
 
 def test_gateway_answer_time_percentiles_come_from_the_bucket_differences():
-    from bench.bench import subtract
+    from bench.measure.gateway import subtract
 
     before = {
         "POST /v1/orders": {
@@ -159,7 +159,8 @@ async def test_a_missed_deadline_says_whether_the_request_waited_for_a_connectio
 
 
 def test_kernel_listen_queue_counters_are_read_from_tcpext_and_subtracted(tmp_path):
-    from bench.bench import format_report, kernel_tcp_counters, subtract_counters
+    from bench.measure.kernel import kernel_tcp_counters, subtract_counters
+    from bench.report import format_report
 
     netstat = tmp_path / "netstat"
     netstat.write_text(

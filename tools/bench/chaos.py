@@ -117,7 +117,8 @@ async def _duplicate_storm(generator: LoadGenerator, catalogue: Catalogue, size:
 
 async def run_chaos(stack, plan: ChaosPlan, *, status_line=None) -> ChaosReport:
     """Run the load with the fault schedule on ``stack`` (a started :class:`bench.stack.BenchStack`)."""
-    from bench.bench import check_invariants, prepare_catalogue, summarize
+    from bench.measure.load import summarize
+    from bench.run import check_invariants, prepare_catalogue
     from core.db.engine import create_engine
     from core.temporal import connect_client
 

@@ -18,7 +18,6 @@ import random
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -143,9 +142,6 @@ class LoadResult:
     def ended(self) -> list[OrderOutcome]:
         return [o for o in self.orders if o.status in TERMINAL]
 
-    def statuses(self) -> Counter:
-        return Counter(s.status for s in self.samples)
-
 
 class LoadGenerator:
     def __init__(
@@ -197,9 +193,8 @@ class LoadGenerator:
             raise ValueError("give exactly one of rate (open loop) or concurrency (closed loop)")
         # Connections are not the bottleneck on purpose: a pool that runs out queues requests in the
         # client, where no load shedding can see them. Real callers arrive on their own connections,
-        # so callers are spread over many small pools: in a spike run one httpx pool of 2000
-        # connections missed 915 deadlines, 50 pools of 40 missed 12 (httpx's pool bookkeeping
-        # grows with its connections for every request).
+        # so callers are spread over many small pools: the bookkeeping of one httpx pool grows with
+        # its connections for every request.
         # Idle connections are dropped after 2 s, before uvicorn's 5 s keep-alive timeout: otherwise
         # the server may close one just as a request goes out on it (a "server disconnected" error).
         limits = httpx.Limits(

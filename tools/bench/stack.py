@@ -13,15 +13,25 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
+import psutil
 
+from bench.measure.resources import own_cpu_seconds, process_tree, tree_cpu_seconds, tree_rss_mb
 from core.config import Settings, settings_env
+from core.db.migrate import upgrade
 from core.search_attributes import SEARCH_ATTRIBUTES
+from devstack.postgres import EmbeddedPostgres
+from devstack.processes import ManagedProcess, free_port
+from devstack.readiness import platform_task_queues, worker_polls
+from devstack.temporal import TemporalDevServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +45,7 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "rate_limit_webhook": "1000000/minute",
     "sandbox_delivery_delay_s": 0.5,
     "log_json": True,
-    "log_level": "INFO",  # the worker says "workers running" at INFO; the stack waits for it
+    "log_level": "INFO",  # the kept logs (--keep-data) say what each server did
 }
 
 
@@ -58,8 +68,6 @@ class BenchStack:
     """
 
     def __init__(self, options: StackOptions | None = None, log: Callable[[str], None] | None = None) -> None:
-        from devstack.processes import free_port
-
         self.options = options or StackOptions()
         self._log = log or (lambda message: None)
         self._own_dir = self.options.data_dir is None
@@ -78,10 +86,6 @@ class BenchStack:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> BenchStack:
-        from core.db.migrate import upgrade
-        from devstack.postgres import EmbeddedPostgres
-        from devstack.temporal import TemporalDevServer
-
         started = time.monotonic()
         if self.options.database_server_url:
             database_url = _fresh_database(self.options.database_server_url)
@@ -168,13 +172,15 @@ class BenchStack:
         return f"http://127.0.0.1:{self.ports['sandbox']}"
 
     def start_worker(self):
+        """Start one more `orders worker`; it is ready once Temporal has seen it poll every queue."""
+        assert self.settings is not None
         self._worker_serial += 1
-        log_path = self.logs / f"worker-{self._worker_serial}.log"
         process = self._process(
             f"worker-{self._worker_serial}",
             "worker",
-            ready_check=lambda: log_path.exists() and "workers running" in log_path.read_text(errors="replace"),
-            log_path=log_path,
+            ready_check=worker_polls(
+                self.settings, platform_task_queues(self.settings.task_queue), pid=lambda: process.pid
+            ),
         )
         process.start()
         process.wait_ready()
@@ -219,15 +225,13 @@ class BenchStack:
 
     def rss_mb(self) -> dict[str, float]:
         """Resident memory of each server (MB), including its children (the Temporal CLI's server)."""
-        return {name: _tree_rss(pid) for name, pid in self.server_pids().items()}
+        return {name: tree_rss_mb(pid) for name, pid in self.server_pids().items()}
 
     def set_priority(self, niceness: int) -> None:
         """Run every server of the stack (with its children) at this niceness; 0 is normal. Only
         raising it needs no privileges, so going back to 0 may be refused and is then left be."""
-        import psutil
-
         for pid in self.server_pids().values():
-            for process in _process_tree(pid):
+            for process in process_tree(pid):
                 try:
                     process.nice(niceness)
                 except psutil.Error:
@@ -242,15 +246,13 @@ class BenchStack:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _process(self, name: str, command: str, *, log_path: Path | None = None, **ready):
-        from devstack.processes import ManagedProcess
-
+    def _process(self, name: str, command: str, **ready):
         assert self.settings is not None
         return ManagedProcess(
             name,
             [sys.executable, "-m", "cli.main", command],
             settings_env(self.settings),
-            log_path or self.logs / f"{name}.log",
+            self.logs / f"{name}.log",
             cwd=ROOT,
             ready_timeout=60,
             **ready,
@@ -259,11 +261,6 @@ class BenchStack:
 
 def _fresh_database(server_url: str) -> str:
     """Create ``orders_bench_<random>`` on the server at ``server_url``; its SQLAlchemy URL."""
-    import uuid
-    from urllib.parse import urlsplit, urlunsplit
-
-    import asyncpg
-
     parts = urlsplit(server_url.replace("postgresql+asyncpg://", "postgresql://", 1))
     name = f"orders_bench_{uuid.uuid4().hex[:8]}"
 
@@ -276,75 +273,3 @@ def _fresh_database(server_url: str) -> str:
 
     asyncio.run(create())
     return urlunsplit(parts._replace(scheme="postgresql+asyncpg", path=f"/{name}"))
-
-
-def _process_tree(pid: int) -> list:
-    """The process and its live children (psutil handles); empty when it is gone."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its live children (0 when it is gone)."""
-    import psutil
-
-    total = 0.0
-    for process in _process_tree(pid):
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def own_cpu_seconds() -> float:
-    """User + system CPU seconds of this process alone (the load generator)."""
-    import psutil
-
-    times = psutil.Process().cpu_times()
-    return times.user + times.system
-
-
-def cpu_per_unit(before: dict[str, float], after: dict[str, float], units: int, elapsed_s: float) -> dict[str, Any]:
-    """CPU milliseconds per unit (ended order, finished workflow) for each process, and the share
-    of the machine the run used (1.0 = every core busy)."""
-    import os
-
-    spent = {name: max(0.0, after[name] - before.get(name, 0.0)) for name in after}
-    total = sum(spent.values())
-    return {
-        "cpu_ms_per_unit": {
-            name: round(1000 * value / units, 1) if units else None
-            for name, value in sorted(spent.items(), key=lambda kv: -kv[1])
-        },
-        "cpu_ms_per_unit_total": round(1000 * total / units, 1) if units else None,
-        "machine_busy": round(total / elapsed_s / (os.cpu_count() or 1), 2) if elapsed_s else None,
-    }
-
-
-def _tree_rss(pid: int) -> float:
-    import psutil
-
-    total = 0
-    for process in _process_tree(pid):
-        try:
-            total += process.memory_info().rss
-        except psutil.Error:
-            pass
-    return round(total / 2**20, 1)
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.5) -> bool:
-    """Poll an async predicate until truthy or ``timeout``; True when it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(interval)
-    return False

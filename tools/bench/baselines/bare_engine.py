@@ -3,7 +3,7 @@ local activities, search-attribute upserts, timers and signals as an order, doin
 
 It measures the engine's own limit on this machine, so the platform's throughput can be read as a
 ratio of it. The worker runs in its own process, as the platform's does:
-``python -m bench.bare_engine --address 127.0.0.1:7233 --task-queue bare`` with the platform's
+``python -m bench.baselines.bare_engine --address 127.0.0.1:7233 --task-queue bare`` with the platform's
 ``ORDERS_`` environment (its client factory, so the same data converter and codec).
 """
 
@@ -85,7 +85,10 @@ async def drive(client: Client, task_queue: str, shape: BareInput, *, concurrenc
     await asyncio.gather(*(loop() for _ in range(concurrency)))
     elapsed = time.monotonic() - began
     latencies.sort()
-    pick = lambda q: round(latencies[int(q * (len(latencies) - 1))] * 1000, 1) if latencies else None  # noqa: E731
+
+    def pick(q: float) -> float | None:
+        return round(latencies[int(q * (len(latencies) - 1))] * 1000, 1) if latencies else None
+
     return {
         "completed": len(latencies),
         "elapsed_s": round(elapsed, 2),

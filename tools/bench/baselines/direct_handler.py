@@ -4,7 +4,7 @@ One FastAPI handler reserves stock, authorizes, creates the shipment, captures a
 stock in line, against the same PostgreSQL and sandbox, with the platform's own activity classes
 (called as plain methods) and pooled connections. No durability: a crash mid-way leaves whatever
 was done. The gap to the platform is the cost of durability.
-``python -m bench.direct_baseline --port 8300`` with the platform's ``ORDERS_`` environment.
+``python -m bench.baselines.direct_handler --port 8300`` with the platform's ``ORDERS_`` environment.
 """
 
 from __future__ import annotations

@@ -1,0 +1,122 @@
+"""Run each baseline on a started :class:`bench.stack.BenchStack`: start its child process, wait
+until it is ready, drive it in a closed loop for a while, stop it, and return its figures."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict
+
+import httpx
+from temporalio.client import Client
+
+from bench.baselines.bare_engine import BareInput, drive
+from bench.loadgen import ADDRESS, Catalogue
+from bench.measure.load import ms, percentile
+from bench.measure.resources import cpu_per_unit, own_cpu_seconds, tree_cpu_seconds
+from bench.stack import ROOT, BenchStack
+from core.config import settings_env
+from devstack.processes import ManagedProcess, free_port
+from devstack.readiness import ACTIVITY, WORKFLOW, worker_polls
+
+
+async def bare_engine_baseline(
+    stack: BenchStack, client: Client, shape: dict, *, concurrency: int, duration: float
+) -> dict:
+    """Baseline (a): workflows of ``shape`` (mean counts per order; defaults where empty) on a
+    task queue of their own; completed/s, latency and CPU per workflow."""
+    assert stack.settings is not None and stack.temporal is not None
+    queue = f"bare-{uuid.uuid4().hex[:6]}"
+    worker = ManagedProcess(
+        "bare-worker",
+        [
+            sys.executable,
+            "-m",
+            "bench.baselines.bare_engine",
+            "--address",
+            stack.temporal.address,
+            "--task-queue",
+            queue,
+        ],
+        settings_env(stack.settings),
+        stack.logs / "bare-worker.log",
+        cwd=ROOT,
+        ready_check=worker_polls(stack.settings, {queue: (WORKFLOW, ACTIVITY)}, pid=lambda: worker.pid),
+        ready_timeout=30,
+    )
+    await asyncio.to_thread(worker.start)
+    try:
+        await asyncio.to_thread(worker.wait_ready)
+        bare = BareInput(
+            activities=round(shape.get("activities", 5)),
+            local_activities=round(shape.get("local_activities", 5)),
+            signals=round(shape.get("signals", 3)),
+            upserts=round(shape.get("upserts", 0)),
+        )
+
+        def cpu() -> dict[str, float]:
+            return {
+                "temporal": tree_cpu_seconds(stack.temporal.pid),
+                "bare worker": tree_cpu_seconds(worker.pid),
+                "load generator": own_cpu_seconds(),
+            }
+
+        before, began = cpu(), time.monotonic()
+        figures = await drive(client, queue, bare, concurrency=concurrency, duration_s=duration)
+        usage = cpu_per_unit(before, cpu(), figures["completed"], time.monotonic() - began)
+        return {"shape": asdict(bare), "concurrency": concurrency, **figures, "cpu": usage}
+    finally:
+        await asyncio.to_thread(worker.stop)
+
+
+async def direct_baseline(stack: BenchStack, catalogue: Catalogue, *, concurrency: int, duration: float) -> dict:
+    """Baseline (b): orders of the cheap SKU through the direct handler; completed/s and latency."""
+    assert stack.settings is not None
+    port = free_port()
+    process = ManagedProcess(
+        "direct",
+        [sys.executable, "-m", "bench.baselines.direct_handler", "--port", str(port)],
+        settings_env(stack.settings),
+        stack.logs / "direct.log",
+        cwd=ROOT,
+        ready_url=f"http://127.0.0.1:{port}/docs",
+        ready_timeout=30,
+    )
+    await asyncio.to_thread(process.start)
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    try:
+        await asyncio.to_thread(process.wait_ready)
+        end = time.monotonic() + duration
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+
+            async def loop() -> None:
+                while time.monotonic() < end:
+                    started = time.monotonic()
+                    try:
+                        response = await http.post(
+                            "/direct/orders",
+                            json={"sku": catalogue.cheap_sku, "quantity": 1, "shipping_address": ADDRESS},
+                        )
+                        statuses[response.status_code] += 1
+                        if response.status_code == 201:
+                            latencies.append(time.monotonic() - started)
+                    except httpx.HTTPError:
+                        statuses["no answer"] += 1
+
+            began = time.monotonic()
+            await asyncio.gather(*(loop() for _ in range(concurrency)))
+            elapsed = time.monotonic() - began
+    finally:
+        await asyncio.to_thread(process.stop)
+    return {
+        "concurrency": concurrency,
+        "completed": len(latencies),
+        "elapsed_s": round(elapsed, 2),
+        "completed_per_s": round(len(latencies) / elapsed, 2),
+        "latency_ms": {"p50": ms(percentile(latencies, 0.5)), "p99": ms(percentile(latencies, 0.99))},
+        "http_statuses": {str(k): v for k, v in statuses.items()},
+    }
