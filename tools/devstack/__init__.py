@@ -3,7 +3,7 @@ for ``orders dev`` and the test suite. Nothing is downloaded at run time."""
 
 from .binaries import MissingBinary, postgres_bin_dir, temporal_cli_path, temporal_test_server_path
 from .postgres import EmbeddedPostgres, PostgresError
-from .processes import ManagedProcess, ProcessStartError, Supervisor, free_port, wait_http_ready, wait_port
+from .processes import ManagedProcess, ProcessStartError, Supervisor, free_port, wait_http_ready
 from .temporal import TemporalDevServer, TemporalStartError
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "Supervisor",
     "free_port",
     "wait_http_ready",
-    "wait_port",
     "TemporalDevServer",
     "TemporalStartError",
 ]

@@ -3,17 +3,24 @@
 Data (PostgreSQL cluster, Temporal's SQLite file, logs) lives in the data folder, so running it
 again resumes with the same orders. ``ORDERS_DATABASE_URL`` / ``ORDERS_TEMPORAL_ADDRESS`` in the
 environment switch to external servers instead of the embedded ones.
+
+While it runs, the settings it gives its processes are in ``<data folder>/stack.env``
+(:data:`cli.main.STACK_FILE`), so that ``orders worker`` & co. started in another terminal join it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import os
+import shlex
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 from core.config import Settings
 from core.search_attributes import SEARCH_ATTRIBUTES
@@ -23,23 +30,73 @@ def _say(message: str) -> None:
     print(f"orders dev: {message}", flush=True)
 
 
+def publish_stack(path: Path, values: Mapping[str, str]) -> IO[str]:
+    """Write the stack's settings to ``path`` (atomically: readers never see half a file) and hold
+    an exclusive lock on it, which tells readers the stack runs; close the returned file (after
+    :func:`withdraw_stack`) when the stack stops."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    handle = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.write(
+            f"# The settings of the `orders dev` (pid {os.getpid()}) that runs on this data folder, for\n"
+            "# the `orders` commands started next to it; removed when it stops. In a shell: set -a; . this-file\n"
+        )
+        for key, value in sorted(values.items()):
+            handle.write(f"{key}={shlex.quote(value)}\n")
+        handle.flush()
+        os.replace(partial, path)
+    except BaseException:
+        handle.close()
+        partial.unlink(missing_ok=True)
+        raise
+    return handle
+
+
+def withdraw_stack(path: Path, handle: IO[str]) -> None:
+    """Remove the file :func:`publish_stack` wrote (unless another stack replaced it), then unlock."""
+    try:
+        if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    handle.close()
+
+
+def _orders_command() -> str:
+    """How to call `orders` from here (``.venv/bin/orders`` in a checkout)."""
+    orders = Path(sys.executable).parent / "orders"
+    try:
+        return str(orders.relative_to(Path.cwd()))
+    except ValueError:
+        return str(orders)
+
+
 def run_dev(args: argparse.Namespace, settings: Settings) -> int:
-    from cli.main import CliError
+    from cli.main import STACK_FILE, CliError, read_stack_file
     from devstack.postgres import EmbeddedPostgres
     from devstack.processes import ManagedProcess, Supervisor, port_is_open
     from devstack.temporal import TemporalDevServer
+    from devstack.watchdog import ensure_watchdog
 
     data_dir = (args.data_dir or settings.data_dir).absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
+    other = read_stack_file(data_dir)
+    if other is not None and other.running:
+        raise CliError(
+            f"an `orders dev` (pid {other.owner_pid}) already runs on {data_dir}: "
+            "join it (`orders worker`, `orders api`...) or give this one another --data-dir"
+        )
+    ensure_watchdog()  # stops what an `orders dev` killed outright left running, before the port checks
     for name, port in (("api", args.api_port), ("sandbox", args.sandbox_port)):
         if port_is_open("127.0.0.1", port):
             raise CliError(
                 f"port {port} for the {name} is already in use (is another `orders dev` running? use --{name}-port)"
             )
 
-    postgres = temporal = None
+    postgres = temporal = published = None
     started = time.monotonic()
     try:
         database_url = os.environ.get("ORDERS_DATABASE_URL")
@@ -104,8 +161,15 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
             "ORDERS_CODEC_CORS_ORIGINS": json.dumps(
                 [f"http://127.0.0.1:{args.ui_port}", f"http://localhost:{args.ui_port}"]
             ),
-            "PYTHONUNBUFFERED": "1",
         }
+        # What a second worker (or API...) started by hand needs: the same as ours, ORDERS_* that
+        # this command was given included.
+        stack_values = {
+            **{key: value for key, value in os.environ.items() if key.startswith("ORDERS_")},
+            **env,
+            "ORDERS_DATA_DIR": str(data_dir),
+        }
+        env["PYTHONUNBUFFERED"] = "1"
         if sys.stdout.isatty():
             env.setdefault("ORDERS_LOG_JSON", "false")  # children write to a pipe; keep the console readable
         orders = [sys.executable, "-m", "cli.main"]
@@ -128,6 +192,9 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
         supervisor = Supervisor(processes, log=_say)
 
         def banner() -> None:
+            nonlocal published
+            published = publish_stack(data_dir / STACK_FILE, stack_values)
+            join = _orders_command() + ("" if data_dir == Path(".data").absolute() else f" --data-dir {data_dir}")
             _say(f"ready in {time.monotonic() - started:.1f}s")
             print(
                 "\n"
@@ -137,7 +204,9 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
                 f"  Sandbox        {sandbox_url}/docs\n"
                 f"  PostgreSQL     {database_url}\n"
                 f"  Logs           {logs}\n"
+                f"  Settings       {data_dir / STACK_FILE}\n"
                 "\n"
+                f"  Another worker:  {join} worker   (in another terminal; it finds this stack)\n"
                 "  Try it:  TOKEN=$(.venv/bin/orders token --sub alice)\n"
                 f'           curl -s -H "Authorization: Bearer $TOKEN" {api_url}/v1/products\n'
                 "\n  Ctrl-C stops everything.\n",
@@ -146,6 +215,8 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
 
         return supervisor.run(install_signal_handlers=True, on_ready=banner)
     finally:
+        if published is not None:
+            withdraw_stack(data_dir / STACK_FILE, published)
         if temporal is not None:
             _say("stopping Temporal")
             temporal.stop()
@@ -157,7 +228,7 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from cli.main import _settings
 
-    return run_dev(args, _settings())
+    return run_dev(args, _settings(discover=False))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

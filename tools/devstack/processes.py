@@ -1,6 +1,6 @@
 """Child-process management for ``orders dev`` and the test suite.
 
-* :func:`free_port` / :func:`wait_port` / :func:`wait_http_ready` – small helpers.
+* :func:`free_port` / :func:`wait_http_ready` – small helpers.
 * :class:`ManagedProcess` – one child in its own process group (session), with
   ``start`` / ``stop`` (SIGTERM, then SIGKILL after a grace period) / ``kill``.
 * :class:`Supervisor` – starts several ManagedProcesses in order (waiting for
@@ -9,17 +9,14 @@
   reverse order.
 
 Children run in their own session so a terminal Ctrl-C reaches only the
-supervisor, which then shuts children down in an orderly way. Consequence: if
-the owner is SIGKILLed its children keep running, unless ``die_with_parent=True``
-(Linux only, ``PR_SET_PDEATHSIG``; note the signal fires when the *thread* that
-called ``start()`` exits, so only use it when starting from a long-lived thread,
-e.g. the main thread).
+supervisor, which then shuts children down in an orderly way. So that they do not
+outlive an owner killed outright, each one is recorded with the owner's watchdog
+(:mod:`devstack.watchdog`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import signal
@@ -35,10 +32,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
+from .watchdog import ensure_watchdog, record
+
 __all__ = [
     "free_port",
     "port_is_open",
-    "wait_port",
     "wait_http_ready",
     "tail_file",
     "terminate_process_group",
@@ -70,29 +68,6 @@ def port_is_open(host: str, port: int, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
-
-
-def wait_port(
-    host: str,
-    port: int,
-    timeout: float = 30.0,
-    *,
-    alive: Callable[[], bool] | None = None,
-    interval: float = 0.02,
-) -> None:
-    """Wait until ``host:port`` accepts TCP connections.
-
-    ``alive`` (optional) is polled too; if it returns False we fail fast.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        if port_is_open(host, port):
-            return
-        if alive is not None and not alive():
-            raise ProcessStartError(f"process exited before {host}:{port} accepted connections")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{host}:{port} did not accept connections within {timeout:.1f}s")
-        time.sleep(interval)
 
 
 def wait_http_ready(
@@ -145,14 +120,6 @@ def tail_file(path: Path | None, lines: int = 30) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-def _set_pdeathsig(sig: int = signal.SIGTERM) -> None:
-    """preexec_fn: ask Linux to send ``sig`` to this child when its parent thread dies."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-
-
 def terminate_process_group(
     proc: subprocess.Popen,
     grace: float = 10.0,
@@ -203,7 +170,7 @@ class ManagedProcess:
     * ``"tee"`` – like prefix, and also the raw lines appended to ``log_path``.
     * ``"discard"`` – /dev/null.
 
-    ``ready_url`` / ``ready_port`` / ``ready_check`` describe readiness; :meth:`wait_ready`
+    ``ready_url`` / ``ready_check`` describe readiness; :meth:`wait_ready`
     (called by :class:`Supervisor` after :meth:`start`) waits for them.
     """
 
@@ -216,20 +183,15 @@ class ManagedProcess:
         *,
         output: OutputMode | None = None,
         cwd: Path | str | None = None,
-        inherit_env: bool = True,
         grace: float = 10.0,
-        stop_signal: int = signal.SIGTERM,
         ready_url: str | None = None,
-        ready_port: tuple[str, int] | None = None,
         ready_check: Callable[[], bool] | None = None,
         ready_timeout: float = 30.0,
-        die_with_parent: bool = False,
         console: IO[str] | None = None,
     ) -> None:
         self.name = name
         self.argv = [os.fspath(a) for a in argv]
         self.env = dict(env or {})
-        self.inherit_env = inherit_env
         self.log_path = Path(log_path) if log_path is not None else None
         if output is None:
             output = "file" if self.log_path is not None else "inherit"
@@ -238,12 +200,9 @@ class ManagedProcess:
         self.output: OutputMode = output
         self.cwd = Path(cwd) if cwd is not None else None
         self.grace = grace
-        self.stop_signal = stop_signal
         self.ready_url = ready_url
-        self.ready_port = ready_port
         self.ready_check = ready_check
         self.ready_timeout = ready_timeout
-        self.die_with_parent = die_with_parent
         self.console = console
         self.proc: subprocess.Popen | None = None
         self._pump: threading.Thread | None = None
@@ -273,8 +232,7 @@ class ManagedProcess:
     def start(self) -> ManagedProcess:
         if self.is_running():
             return self
-        env = dict(os.environ) if self.inherit_env else {}
-        env.update(self.env)
+        env = {**os.environ, **self.env}
         if self.output in ("prefix", "tee"):
             env.setdefault("PYTHONUNBUFFERED", "1")
         stdout: int | IO[bytes] | None
@@ -290,6 +248,7 @@ class ManagedProcess:
             stdout = log_f
         else:
             stdout = subprocess.PIPE
+        ensure_watchdog()
         try:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -299,13 +258,13 @@ class ManagedProcess:
                 stdout=stdout,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_set_pdeathsig if self.die_with_parent else None,
             )
         except OSError as e:
             raise ProcessStartError(f"{self.name}: cannot exec {self.argv[0]!r}: {e}") from e
         finally:
             if log_f is not None:
                 log_f.close()
+        record(self.proc.pid, self.name)
         if stdout is subprocess.PIPE:
             self._pump = threading.Thread(target=self._pump_output, name=f"pump-{self.name}", daemon=True)
             self._pump.start()
@@ -342,8 +301,6 @@ class ManagedProcess:
         timeout = self.ready_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         try:
-            if self.ready_port is not None:
-                wait_port(*self.ready_port, timeout=timeout, alive=self.is_running)
             if self.ready_url is not None:
                 self.wait_http_ready(self.ready_url, max(0.1, deadline - time.monotonic()))
             if self.ready_check is not None:
@@ -365,10 +322,10 @@ class ManagedProcess:
         return self.proc.wait(timeout)
 
     def stop(self, grace: float | None = None) -> int | None:
-        """SIGTERM (or ``stop_signal``) the process group, SIGKILL after ``grace`` seconds."""
+        """SIGTERM the process group, SIGKILL after ``grace`` seconds."""
         if self.proc is None:
             return None
-        rc = terminate_process_group(self.proc, self.grace if grace is None else grace, self.stop_signal)
+        rc = terminate_process_group(self.proc, self.grace if grace is None else grace)
         self._join_pump()
         return rc
 
@@ -383,10 +340,6 @@ class ManagedProcess:
             rc = None
         self._join_pump()
         return rc
-
-    def restart(self) -> ManagedProcess:
-        self.stop()
-        return self.start()
 
     def _join_pump(self) -> None:
         if self._pump is not None:
@@ -423,11 +376,9 @@ class Supervisor:
         self,
         processes: Sequence[ManagedProcess],
         *,
-        on_exit: Callable[[ManagedProcess], None] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.processes = list(processes)
-        self.on_exit = on_exit
         self._log = log or (lambda msg: print(f"[supervisor] {msg}", file=sys.stderr, flush=True))
         self._stop_event = threading.Event()
         self._started: list[ManagedProcess] = []
@@ -491,8 +442,6 @@ class Supervisor:
                 if dead is not None:
                     rc = dead.returncode or 1
                     self.request_stop(f"{dead.name} exited with code {dead.returncode}")
-                    if self.on_exit:
-                        self.on_exit(dead)
                     break
         finally:
             if self.exit_reason:

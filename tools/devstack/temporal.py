@@ -9,8 +9,8 @@
   (missing ones are added through the operator service, because start-dev only applies
   ``--search-attribute`` when it *creates* the namespace, i.e. on a fresh db file).
 * A pid file (``<log_dir>/temporal-<port>.pid``) lets a new owner clean up a server left
-  running by a SIGKILLed owner (same port / db file) instead of failing with "address in use".
-  As with PostgreSQL, the server does not die with its owner unless ``die_with_parent=True``.
+  running by a SIGKILLed owner (same port / db file) instead of failing with "address in use";
+  the owner's watchdog (:mod:`devstack.watchdog`) normally stops it before that.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from typing import Any
 import psutil
 
 from .binaries import temporal_cli_path
-from .processes import _set_pdeathsig, port_is_open, tail_file, terminate_process_group
+from .processes import port_is_open, tail_file, terminate_process_group
+from .watchdog import ensure_watchdog, record
 
 __all__ = ["TemporalDevServer", "TemporalStartError", "DEFAULT_DYNAMIC_CONFIG"]
 
@@ -42,11 +43,9 @@ DEFAULT_DYNAMIC_CONFIG: dict[str, Any] = {
     "frontend.enableUpdateWorkflowExecution": True,
     "frontend.enableUpdateWorkflowExecutionAsyncAccepted": True,
     "frontend.enableExecuteMultiOperation": True,
-    # The mutable-state cache keeps every workflow the server has touched, finished or not, until
-    # it is full (or an hour has passed). `start-dev` sizes it at 8096 entries, some 40 KB each for
-    # an order: on a long run the server's memory grows for half an hour before it levels off
-    # (docs/performance.md, "Soak"). 512 holds the orders in flight of a steady run on one machine and
-    # caps that growth at a few minutes; a miss only reloads a workflow's state from the database.
+    # `start-dev` keeps up to 8096 workflows' state in memory, finished or not, so a long run's
+    # memory grows for the better part of an hour (docs/performance.md, "Soak"). 512 holds the orders
+    # in flight of a steady run on one machine; a miss only reloads a workflow's state from the database.
     "history.hostLevelCacheMaxSize": 512,
 }
 
@@ -75,7 +74,6 @@ class TemporalDevServer:
         extra_args: Sequence[str] = (),
         start_timeout: float = 60.0,
         grace: float = 10.0,
-        die_with_parent: bool = False,
     ) -> None:
         self.db_file = Path(db_file).absolute() if db_file is not None else None
         self.port = int(port)
@@ -98,7 +96,6 @@ class TemporalDevServer:
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
         self.grace = grace
-        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen | None = None
         self.last_start_seconds: float | None = None
 
@@ -208,14 +205,6 @@ class TemporalDevServer:
         self._remove_pidfile()
         return rc
 
-    def restart(self) -> TemporalDevServer:
-        self.stop()
-        return self.start()
-
-    async def restart_async(self) -> TemporalDevServer:
-        await asyncio.to_thread(self.stop)
-        return await self.start_async()
-
     def __enter__(self) -> TemporalDevServer:
         return self.start()
 
@@ -240,6 +229,7 @@ class TemporalDevServer:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.db_file is not None:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
+        ensure_watchdog()
         self._cleanup_stale()
         if port_is_open(self.ip, self.port):
             raise TemporalStartError(f"port {self.address} is already in use (another Temporal server or process?)")
@@ -255,8 +245,8 @@ class TemporalDevServer:
                 stdout=log_f,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_set_pdeathsig if self.die_with_parent else None,
             )
+        record(self.proc.pid, "temporal")
         self.pid_path.write_text(json.dumps({"pid": self.proc.pid, "db_file": str(self.db_file), "port": self.port}))
 
     def _cleanup_stale(self) -> None:
