@@ -19,6 +19,7 @@ from core.domain import (
     MixedCurrencies,
     OrderNotFound,
     UnknownSkus,
+    UnstorableValue,
 )
 
 log = structlog.get_logger(__name__)
@@ -162,6 +163,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidCursor)
     async def _cursor(request: Request, error: InvalidCursor):
         return problem_response(request, 422, "Invalid cursor", str(error), slug="invalid-cursor")
+
+    @app.exception_handler(UnstorableValue)
+    async def _unstorable(request: Request, error: UnstorableValue):
+        # Input validation let through a value the database refuses: a gap worth a warning.
+        log.warning("database refused a value of the request", cause=repr(error.__cause__))
+        return problem_response(request, 422, "Invalid request", str(error), slug="unstorable-value")
 
     @app.exception_handler(DependencyUnavailable)
     async def _unavailable(request: Request, error: DependencyUnavailable):

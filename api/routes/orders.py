@@ -11,8 +11,8 @@ from fastapi import APIRouter, Header, Query, Response
 from api.deps import Customer, CustomerOrOperator, Operator, Service
 from api.errors import ApiProblem
 from api.openapi import problems
-from api.schemas import CancelBody, OrderCreate, OrderList, ReviewBody
-from core.domain import Address, OrderStatus, OrderView
+from api.schemas import CancelBody, Cursor, CustomerId, OrderCreate, OrderList, ReviewBody, ShippingAddress
+from core.domain import OrderStatus, OrderView
 from core.order_service import NewOrder
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
@@ -94,7 +94,9 @@ async def submit_order(
             ],
         )
     submission = await service.submit(
-        caller, key, NewOrder([(i.sku, i.quantity) for i in body.items], body.shipping_address, body.payment_token)
+        caller,
+        key,
+        NewOrder([(i.sku, i.quantity) for i in body.items], body.shipping_address.to_domain(), body.payment_token),
     )
     response.headers["Location"] = f"/v1/orders/{submission.view.id}"
     if submission.replayed:
@@ -107,9 +109,9 @@ async def list_orders(
     caller: CustomerOrOperator,
     service: Service,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[Cursor | None, Query()] = None,
     status: OrderStatus | None = None,
-    customer_id: Annotated[str | None, Query(max_length=255, description="operators only")] = None,
+    customer_id: Annotated[CustomerId | None, Query(description="operators only")] = None,
 ) -> OrderList:
     if customer_id is not None and not caller.is_operator:
         raise ApiProblem(403, "Forbidden", "only operators filter by customer", slug="forbidden")
@@ -141,9 +143,9 @@ async def cancel_order(
     responses={**_ACTION, **problems(409, _409="Already shipping or ended")},
 )
 async def change_shipping_address(
-    order_id: uuid.UUID, body: Address, caller: CustomerOrOperator, service: Service
+    order_id: uuid.UUID, body: ShippingAddress, caller: CustomerOrOperator, service: Service
 ) -> OrderView:
-    return await service.change_shipping_address(caller, order_id, body)
+    return await service.change_shipping_address(caller, order_id, body.to_domain())
 
 
 @router.post(
