@@ -122,6 +122,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException):
+        if error.status_code == 400 and isinstance(error.__cause__, UnicodeDecodeError):
+            # FastAPI's 400 for a JSON body that is not UTF-8: as malformed as broken JSON, so the
+            # same documented 422 rather than a status of its own.
+            return problem_response(
+                request,
+                422,
+                "Invalid request",
+                "the request did not validate; see errors",
+                slug="validation",
+                errors=[{"loc": ["body"], "msg": "the body is not UTF-8 encoded JSON", "type": "json_invalid"}],
+            )
         slug = _HTTP_SLUGS.get(error.status_code)
         headers = dict(getattr(error, "headers", None) or {})
         if error.status_code == 405:

@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from core.domain import Address, CarrierEventKind, OrderView, ReviewDecision, Text
+from core.domain.countries import ISO_3166_ALPHA2
 
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 # Free text of requests: no NUL (PostgreSQL cannot store it) and no control characters.
 Note = Annotated[str, Text(max_length=500, multiline=True)]
 CustomerId = Annotated[str, Text(max_length=255)]
 Cursor = Annotated[str, Text(max_length=200)]
+_COUNTRY_CODES: list[JsonValue] = [*sorted(ISO_3166_ALPHA2)]  # documented as an enum: generated clients list them
 
 
 class _Body(BaseModel):
@@ -28,6 +30,13 @@ class ShippingAddress(Address):
     line2: Annotated[str, Text(max_length=200)] | None = None
     city: Annotated[str, Text(min_length=1, max_length=100)]
     postal_code: Annotated[str, Text(min_length=1, max_length=20)]
+    country: str = Field(
+        min_length=2,
+        max_length=2,
+        description="ISO 3166-1 alpha-2 code",
+        examples=["DE"],
+        json_schema_extra={"enum": _COUNTRY_CODES},
+    )
 
     def to_domain(self) -> Address:
         return Address(**self.model_dump())

@@ -21,6 +21,24 @@ router = APIRouter(prefix="/v1/orders", tags=["orders"])
 # visible ASCII characters; no double quote, and inside the quoted form no backslash either.
 _BARE_KEY = re.compile(r"^[\x21\x23-\x7e]{1,255}$")
 _QUOTED_KEY = re.compile(r'^"([\x21\x23-\x5b\x5d-\x7e]{1,255})"$')
+# Documented by hand: the route reads the header as optional so that a missing or malformed key
+# gets its own 400 problem, yet no order is accepted without one.
+_IDEMPOTENCY_KEY_DOC = {
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": True,
+            "description": "unique per order; retries reuse it",
+            "schema": {
+                "type": "string",
+                "pattern": r'^(?:[\x21\x23-\x7e]{1,255}|"[\x21\x23-\x5b\x5d-\x7e]{1,255}")$',
+                "maxLength": 257,
+            },
+            "example": "9f2c1e0a-4b7d-4c1e-8f3a-2d6b5e7c9a10",
+        }
+    ]
+}
 _READ = problems(401, 403, 422, 429, 503)
 _ONE = problems(401, 403, 404, 422, 429, 503)
 _ACTION = problems(401, 403, 404, 413, 415, 422, 429, 503)
@@ -70,15 +88,14 @@ def parse_idempotency_key(raw: str | None) -> str:
         202: {"description": "Accepted (or, with `Idempotent-Replayed: true`, the first answer to this key again)"},
         **_SUBMIT,
     },
+    openapi_extra=_IDEMPOTENCY_KEY_DOC,
 )
 async def submit_order(
     body: OrderCreate,
     caller: Customer,
     service: Service,
     response: Response,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", description="unique per order; retries reuse it")
-    ] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
 ) -> OrderView:
     key = parse_idempotency_key(idempotency_key)
     skus = [item.sku for item in body.items]
