@@ -11,7 +11,7 @@ from api.errors import ApiProblem
 from core.config import Settings
 from core.domain import DependencyUnavailable
 from core.order_service import Caller, OrderService
-from core.tokens import InvalidToken, SigningKeysUnavailable
+from core.tokens import InvalidSubject, InvalidToken, SigningKeysUnavailable
 
 _bearer = HTTPBearer(auto_error=False, description="JWT from `orders token` (HS256) or your identity provider")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="orders"'}
@@ -38,11 +38,11 @@ async def get_caller(
     if claims is None:
         try:
             claims = await request.app.state.verifier.verify(credentials.credentials)
-        except InvalidToken:
+        except InvalidToken as error:
             raise ApiProblem(
                 401,
                 "Unauthorized",
-                "the bearer token is invalid or expired",
+                str(error) if isinstance(error, InvalidSubject) else "the bearer token is invalid or expired",
                 slug="unauthorized",
                 headers={"WWW-Authenticate": 'Bearer realm="orders", error="invalid_token"'},
             ) from None

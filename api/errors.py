@@ -19,6 +19,7 @@ from core.domain import (
     MixedCurrencies,
     OrderNotFound,
     UnknownSkus,
+    UnstorableValue,
 )
 
 log = structlog.get_logger(__name__)
@@ -121,6 +122,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException):
+        if error.status_code == 400 and isinstance(error.__cause__, UnicodeDecodeError):
+            # FastAPI's 400 for a JSON body that is not UTF-8: as malformed as broken JSON, so the
+            # same documented 422 rather than a status of its own.
+            return problem_response(
+                request,
+                422,
+                "Invalid request",
+                "the request did not validate; see errors",
+                slug="validation",
+                errors=[{"loc": ["body"], "msg": "the body is not UTF-8 encoded JSON", "type": "json_invalid"}],
+            )
         slug = _HTTP_SLUGS.get(error.status_code)
         headers = dict(getattr(error, "headers", None) or {})
         if error.status_code == 405:
@@ -162,6 +174,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidCursor)
     async def _cursor(request: Request, error: InvalidCursor):
         return problem_response(request, 422, "Invalid cursor", str(error), slug="invalid-cursor")
+
+    @app.exception_handler(UnstorableValue)
+    async def _unstorable(request: Request, error: UnstorableValue):
+        # Input validation let through a value the database refuses: a gap worth a warning.
+        log.warning("database refused a value of the request", cause=repr(error.__cause__))
+        return problem_response(request, 422, "Invalid request", str(error), slug="unstorable-value")
 
     @app.exception_handler(DependencyUnavailable)
     async def _unavailable(request: Request, error: DependencyUnavailable):

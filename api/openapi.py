@@ -96,14 +96,16 @@ def problem_example(status: int) -> dict:
     return example
 
 
-def problems(*statuses: int, **descriptions: str) -> dict:
+def problems(*statuses: int, examples: dict[int, dict] | None = None, **descriptions: str) -> dict:
     """``responses=`` entries for error codes, as application/problem+json with an example.
-    Override a description with ``_404="..."``."""
+    Override a description with ``_404="..."`` and fields of an example with
+    ``examples={400: {"title": ..., "detail": ...}}``."""
     out = {}
     for status in statuses:
+        example = {**problem_example(status), **(examples or {}).get(status, {})}
         entry = {
             "description": descriptions.get(f"_{status}", _PROBLEM_DEFAULTS[status][0]),
-            "content": {"application/problem+json": {"schema": PROBLEM_REF, "example": problem_example(status)}},
+            "content": {"application/problem+json": {"schema": PROBLEM_REF, "example": example}},
         }
         if status in (429, 503):
             entry["headers"] = dict(_RETRY_AFTER)
@@ -149,6 +151,26 @@ _EXAMPLES_BY_SCHEMA = {
 }
 
 
+# OpenAPI links: where an answer names an order, the operations on that order can follow with its
+# id (clients and stateful testers such as schemathesis chain submit -> read -> cancel with them).
+_ORDER_ID_IN = {"OrderView": "$response.body#/id", "OrderList": "$response.body#/items/0/id"}
+_ORDER_PATH = "/v1/orders/{order_id}"
+
+
+def _order_links(paths: dict, id_expression: str) -> dict:
+    links = {}
+    for path, operations in paths.items():
+        if path == _ORDER_PATH or path.startswith(_ORDER_PATH + "/"):
+            for method, operation in operations.items():
+                pointer = path.replace("~", "~0").replace("/", "~1")
+                links[operation["operationId"]] = {
+                    "operationRef": f"#/paths/{pointer}/{method}",
+                    "parameters": {"order_id": id_expression},
+                    "description": f"{operation.get('summary', method.upper() + ' ' + path)}, for the order in this answer",
+                }
+    return links
+
+
 def _schema_name(schema: dict) -> str | None:
     ref = schema.get("$ref", "")
     return ref.rsplit("/", 1)[-1] if ref else None
@@ -176,14 +198,15 @@ def install_openapi(app: FastAPI) -> None:
         for path, operations in document.get("paths", {}).items():
             for _method, operation in operations.items():
                 limited = path.startswith("/v1/")
-                for _status, response in operation.get("responses", {}).items():
+                for status, response in operation.get("responses", {}).items():
                     if limited:
                         response.setdefault("headers", {}).update(copy.deepcopy(_RATELIMIT_HEADERS))
                     for media in response.get("content", {}).values():
-                        if "example" not in media and "examples" not in media:
-                            name = _schema_name(media.get("schema", {}))
-                            if name in _EXAMPLES_BY_SCHEMA:
-                                media["example"] = _EXAMPLES_BY_SCHEMA[name]
+                        name = _schema_name(media.get("schema", {}))
+                        if "example" not in media and "examples" not in media and name in _EXAMPLES_BY_SCHEMA:
+                            media["example"] = _EXAMPLES_BY_SCHEMA[name]
+                        if name in _ORDER_ID_IN and str(status).startswith("2"):
+                            response["links"] = _order_links(document["paths"], _ORDER_ID_IN[name])
         app.openapi_schema = document
         return document
 

@@ -5,15 +5,41 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
-from core.domain import Address, CarrierEventKind, OrderView, ReviewDecision
+from core.domain import Address, CarrierEventKind, OrderView, ReviewDecision, Text
+from core.domain.countries import ISO_3166_ALPHA2
 
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+# Free text of requests: no NUL (PostgreSQL cannot store it) and no control characters.
+Note = Annotated[str, Text(max_length=500, multiline=True)]
+CustomerId = Annotated[str, Text(max_length=255)]
+Cursor = Annotated[str, Text(max_length=200)]
+_COUNTRY_CODES: list[JsonValue] = [*sorted(ISO_3166_ALPHA2)]  # documented as an enum: generated clients list them
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ShippingAddress(Address):
+    """A shipping address as clients send it: the domain's address, each line a single line of text."""
+
+    name: Annotated[str, Text(min_length=1, max_length=200)]
+    line1: Annotated[str, Text(min_length=1, max_length=200)]
+    line2: Annotated[str, Text(max_length=200)] | None = None
+    city: Annotated[str, Text(min_length=1, max_length=100)]
+    postal_code: Annotated[str, Text(min_length=1, max_length=20)]
+    country: str = Field(
+        min_length=2,
+        max_length=2,
+        description="ISO 3166-1 alpha-2 code",
+        examples=["DE"],
+        json_schema_extra={"enum": _COUNTRY_CODES},
+    )
+
+    def to_domain(self) -> Address:
+        return Address(**self.model_dump())
 
 
 class OrderItemIn(_Body):
@@ -25,7 +51,7 @@ class OrderCreate(_Body):
     """A new order. Prices come from the catalogue; repeated SKU lines are rejected (merge them)."""
 
     items: list[OrderItemIn] = Field(min_length=1, max_length=100)
-    shipping_address: Address
+    shipping_address: ShippingAddress
     payment_token: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")
 
     model_config = ConfigDict(
@@ -50,16 +76,16 @@ class OrderCreate(_Body):
 
 
 class CancelBody(_Body):
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Note | None = None
 
 
 class ReviewBody(_Body):
     decision: ReviewDecision
-    note: str | None = Field(default=None, max_length=500)
+    note: Note | None = None
 
 
 class CarrierEventBody(_Body):
-    tracking_number: str = Field(min_length=1, max_length=64)
+    tracking_number: Annotated[str, Text(min_length=1, max_length=64)]
     event: CarrierEventKind
     occurred_at: datetime
 

@@ -2,7 +2,8 @@
 and forward carrier events. Talks only to Temporal (by the names in core.domain) and the read model.
 
 Every call to Temporal or the database is bounded in time; failures to reach them become
-:class:`DependencyUnavailable`, which the gateway answers with 503 and Retry-After.
+:class:`DependencyUnavailable`, which the gateway answers with 503 and Retry-After. A value the
+database refuses itself is :class:`UnstorableValue` instead: retrying cannot help.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from core.domain import (
     ReviewRequest,
     StatusChange,
     UnknownSkus,
+    UnstorableValue,
     order_id_for_key,
     order_workflow_id,
 )
@@ -71,6 +73,20 @@ SUBMIT_ROUTE = "POST /v1/orders"
 # (two Temporal actions and workflow tasks fewer per order). delivered and lost are signals.
 TRACKING_ONLY = frozenset({CarrierEventKind.PICKED_UP, CarrierEventKind.IN_TRANSIT})
 DB_ERRORS = (OperationalError, DBAPIError, PoolTimeout, OSError, asyncio.TimeoutError)
+
+
+def database_error(error: Exception) -> UnstorableValue | DependencyUnavailable:
+    """What one of DB_ERRORS means to the caller. A data exception (SQLSTATE class 22, such as NUL
+    in text, 22021, or an untranslatable character, 22P05) or an argument the driver cannot encode
+    is the request's fault and would fail again on every retry; anything else is an outage."""
+    if isinstance(error, DBAPIError):
+        sqlstate = getattr(error.orig, "sqlstate", None)
+        # asyncpg refuses an argument it cannot encode (an unpaired surrogate) with a ValueError.
+        if (isinstance(sqlstate, str) and sqlstate.startswith("22")) or isinstance(
+            getattr(error.orig, "__cause__", None), ValueError
+        ):
+            return UnstorableValue("a value in the request cannot be stored (for example one holding NUL, \\u0000)")
+    return DependencyUnavailable("database")
 
 
 @dataclass(frozen=True)
@@ -157,7 +173,7 @@ class OrderService:
                         )
                     view = OrderView.model_validate(record.response_body)
         except DB_ERRORS as error:
-            raise DependencyUnavailable("database") from error
+            raise database_error(error) from error
 
         try:
             await self._start_workflow(view, order.payment_token)
@@ -174,7 +190,7 @@ class OrderService:
         try:
             prices = await self._catalog.prices(skus)
         except DB_ERRORS as error:
-            raise DependencyUnavailable("database") from error
+            raise database_error(error) from error
         unknown = [sku for sku in skus if sku not in prices]
         if unknown:
             raise UnknownSkus(unknown)
@@ -248,7 +264,7 @@ class OrderService:
         try:
             view = await self._read_model.get(order_id)
         except DB_ERRORS as error:
-            raise DependencyUnavailable("database") from error
+            raise database_error(error) from error
         if view is None or (not caller.is_operator and view.customer_id != caller.subject):
             raise OrderNotFound(f"order {order_id} not found")
         return view
@@ -260,7 +276,7 @@ class OrderService:
         try:
             return await self._read_model.list(limit=limit, cursor=cursor, customer_id=owner, status=status)
         except DB_ERRORS as error:
-            raise DependencyUnavailable("database") from error
+            raise database_error(error) from error
 
     # --- actions on an order ----------------------------------------------------------------------
 
@@ -302,7 +318,7 @@ class OrderService:
                 return
             view = await self._read_model.find_by_tracking_number(signal.tracking_number)
         except DB_ERRORS as error:
-            raise DependencyUnavailable("database") from error
+            raise database_error(error) from error
         if view is None:
             raise OrderNotFound(f"unknown tracking number {signal.tracking_number}")
         handle = self._client.get_workflow_handle(order_workflow_id(view.id))
@@ -357,7 +373,7 @@ class OrderService:
                 try:
                     current = await self._read_model.get(view.id)
                 except DB_ERRORS as error:
-                    raise DependencyUnavailable("database") from error
+                    raise database_error(error) from error
                 if current is None:
                     raise DependencyUnavailable("workflow service") from None
                 current.cancel_requested = current.cancel_requested or name == UPDATE_CANCEL

@@ -16,6 +16,7 @@ import jwt
 import structlog
 
 from core.config import Settings
+from core.domain import CONTROL_CHARACTERS, has_control_characters
 
 ROLES = ("customer", "operator", "carrier")
 LEEWAY_S = 5
@@ -25,6 +26,10 @@ log = structlog.get_logger(__name__)
 
 class InvalidToken(Exception):
     """The token is missing, malformed, expired, not yet valid, or not for this API."""
+
+
+class InvalidSubject(InvalidToken):
+    """The token is genuine but its ``sub`` cannot name a customer; ``str(error)`` is safe to show."""
 
 
 class SigningKeysUnavailable(Exception):
@@ -41,8 +46,8 @@ def mint_token(settings: Settings, subject: str, role: str, ttl_s: int = 3600, n
     """An HS256 token for development and tests (production uses the identity provider's)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    if not subject:
-        raise ValueError("subject must not be empty")
+    if not subject or len(subject) > 255 or has_control_characters(subject):
+        raise ValueError(f"subject must be 1-255 characters and {CONTROL_CHARACTERS}")
     if ttl_s <= 0:
         raise ValueError("ttl must be positive")
     issued = int(now if now is not None else time.time())
@@ -80,8 +85,9 @@ def verify_token(settings: Settings, token: str, *, key=None) -> Claims:
     if role not in ROLES:
         raise InvalidToken("unknown role")
     subject = claims["sub"]
-    if not isinstance(subject, str) or not subject or len(subject) > 255:
-        raise InvalidToken("invalid subject")
+    # The subject is the customer id the gateway stores and filters by (PostgreSQL text: no NUL).
+    if not isinstance(subject, str) or not subject or len(subject) > 255 or has_control_characters(subject):
+        raise InvalidSubject(f"the token's subject (sub) must be 1-255 characters and {CONTROL_CHARACTERS}")
     return Claims(subject=subject, role=role)
 
 

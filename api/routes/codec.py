@@ -14,6 +14,7 @@ token, so outside production anonymous calls from loopback addresses are accepte
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -26,6 +27,7 @@ from temporalio.api.common.v1 import Payloads
 
 from api.deps import get_caller
 from api.errors import ApiProblem
+from api.openapi import PROBLEM_BASE, problems
 from core.codec import CodecKeyError, EncryptionCodec
 from core.config import Settings
 from core.temporal import payload_codec
@@ -33,6 +35,86 @@ from core.temporal import payload_codec
 router = APIRouter(prefix="/codec", tags=["codec"])
 
 _ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
+
+_NOT_A_CODEC_BODY = 'expected {"payloads": [...]} as in Temporal\'s remote codec protocol'
+_UNDECRYPTABLE = "a payload could not be decrypted with the configured keys"
+# The protocol's body, documented by hand: the routes parse it with protobuf's JSON mapping (which
+# omits an empty list, and takes standard or URL-safe base64, padded or not).
+_BASE64 = re.compile(r"^[A-Za-z0-9+/_-]*={0,2}$")
+_BYTES = {"type": "string", "format": "byte", "pattern": _BASE64.pattern, "description": "base64"}
+_PAYLOADS = {
+    "type": "object",
+    "properties": {
+        "payloads": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "metadata": {"type": "object", "additionalProperties": _BYTES},
+                    "data": _BYTES,
+                },
+            },
+        }
+    },
+}
+_PLAIN = {"payloads": [{"metadata": {"encoding": "anNvbi9wbGFpbg=="}, "data": "eyJvcmRlcl9pZCI6ICIxIn0="}]}
+_SEALED = {
+    "payloads": [
+        {
+            "metadata": {"encoding": "YmluYXJ5L2VuY3J5cHRlZA==", "encryption-key-id": "ZGV2LTIwMjY="},
+            "data": "q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k=",
+        }
+    ]
+}
+
+
+def _documented(request_example: dict) -> dict:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _PAYLOADS, "example": request_example}},
+        },
+        "security": [{"HTTPBearer": []}],
+    }
+
+
+def _answers(answer_example: dict, *more: int, **descriptions: str) -> dict:
+    """200 with the transformed payloads, and every problem the codec routes answer with."""
+    return {
+        200: {
+            "description": "The payloads, each transformed",
+            "content": {"application/json": {"schema": _PAYLOADS, "example": answer_example}},
+        },
+        **problems(
+            400,
+            401,
+            403,
+            413,
+            *more,
+            503,
+            _400='Not a codec body: expected {"payloads": [...]}',
+            _401="No or an invalid operator token (anonymous calls only from loopback, never in production)",
+            _403="The token is not an operator's",
+            _503="Overloaded, timed out, or the identity provider is unavailable; retry after Retry-After",
+            examples={
+                400: {
+                    "type": PROBLEM_BASE + "bad-request",
+                    "title": "Bad request",
+                    "detail": _NOT_A_CODEC_BODY,
+                    "instance": "/codec/decode",
+                },
+                403: {"detail": "the codec endpoint is for operators", "instance": "/codec/decode"},
+                422: {
+                    "type": PROBLEM_BASE + "codec-undecryptable",
+                    "title": "Undecryptable payload",
+                    "detail": _UNDECRYPTABLE,
+                    "instance": "/codec/decode",
+                    "errors": None,
+                },
+            },
+            **descriptions,
+        ),
+    }
 
 
 def _cors_headers(request: Request) -> dict[str, str]:
@@ -82,15 +164,39 @@ async def _authorize(request: Request) -> None:
         raise ApiProblem(403, "Forbidden", "the codec endpoint is for operators", slug="forbidden", headers=cors)
 
 
+def _is_codec_body(body: Any) -> bool:
+    """The documented shape. Checked before protobuf's JSON parser, which takes any iterable (a
+    list, a string) for an empty message, nulls for defaults and lenient base64."""
+    payloads = body.get("payloads", []) if isinstance(body, dict) else None
+    return isinstance(payloads, list) and all(_is_payload(payload) for payload in payloads)
+
+
+def _is_payload(payload: Any) -> bool:
+    if not isinstance(payload, dict):
+        return False
+    metadata, data = payload.get("metadata", {}), payload.get("data", "")
+    return (
+        isinstance(metadata, dict)
+        and _is_base64(data)
+        and all(isinstance(key, str) and _is_base64(value) for key, value in metadata.items())
+    )
+
+
+def _is_base64(value: Any) -> bool:
+    return isinstance(value, str) and _BASE64.match(value) is not None
+
+
 async def _payloads(request: Request) -> Payloads:
     try:
         body: Any = await request.json()
+        if not _is_codec_body(body):
+            raise ValueError("not a codec body")
         return json_format.ParseDict(body, Payloads(), ignore_unknown_fields=True)
     except (ValueError, json_format.ParseError, TypeError):
         raise ApiProblem(
             400,
             "Bad request",
-            'expected {"payloads": [...]} as in Temporal\'s remote codec protocol',
+            _NOT_A_CODEC_BODY,
             slug="bad-request",
             headers=_cors_headers(request),
         ) from None
@@ -113,14 +219,24 @@ async def preflight(operation: str, request: Request) -> Response:
     return Response(status_code=204, headers=_cors_headers(request))
 
 
-@router.post("/encode", summary="Encrypt payloads (Temporal remote codec protocol; operators)")
+@router.post(
+    "/encode",
+    summary="Encrypt payloads (Temporal remote codec protocol; operators)",
+    responses=_answers(_SEALED),
+    openapi_extra=_documented(_PLAIN),
+)
 async def encode(request: Request) -> JSONResponse:
     await _authorize(request)
     payloads = await _payloads(request)
     return _answer(request, await _codec(request).encode(payloads.payloads))
 
 
-@router.post("/decode", summary="Decrypt payloads (Temporal remote codec protocol; operators)")
+@router.post(
+    "/decode",
+    summary="Decrypt payloads (Temporal remote codec protocol; operators)",
+    responses=_answers(_PLAIN, 422, _422="A payload sealed with an unknown key, or one that does not decrypt"),
+    openapi_extra=_documented(_SEALED),
+)
 async def decode(request: Request) -> JSONResponse:
     await _authorize(request)
     payloads = await _payloads(request)
@@ -130,11 +246,13 @@ async def decode(request: Request) -> JSONResponse:
         raise ApiProblem(
             422, "Unknown key", str(error), slug="codec-unknown-key", headers=_cors_headers(request)
         ) from None
-    except (InvalidTag, DecodeError):  # tampered, or not sealed by us: never echo internals
+    # Tampered, truncated or not sealed by us (a short nonce or a key id that is not UTF-8 is a
+    # ValueError): never echo internals.
+    except (InvalidTag, DecodeError, ValueError):
         raise ApiProblem(
             422,
             "Undecryptable payload",
-            "a payload could not be decrypted with the configured keys",
+            _UNDECRYPTABLE,
             slug="codec-undecryptable",
             headers=_cors_headers(request),
         ) from None

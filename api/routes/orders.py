@@ -11,8 +11,8 @@ from fastapi import APIRouter, Header, Query, Response
 from api.deps import Customer, CustomerOrOperator, Operator, Service
 from api.errors import ApiProblem
 from api.openapi import problems
-from api.schemas import CancelBody, OrderCreate, OrderList, ReviewBody
-from core.domain import Address, OrderStatus, OrderView
+from api.schemas import CancelBody, Cursor, CustomerId, OrderCreate, OrderList, ReviewBody, ShippingAddress
+from core.domain import OrderStatus, OrderView
 from core.order_service import NewOrder
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
@@ -21,6 +21,24 @@ router = APIRouter(prefix="/v1/orders", tags=["orders"])
 # visible ASCII characters; no double quote, and inside the quoted form no backslash either.
 _BARE_KEY = re.compile(r"^[\x21\x23-\x7e]{1,255}$")
 _QUOTED_KEY = re.compile(r'^"([\x21\x23-\x5b\x5d-\x7e]{1,255})"$')
+# Documented by hand: the route reads the header as optional so that a missing or malformed key
+# gets its own 400 problem, yet no order is accepted without one.
+_IDEMPOTENCY_KEY_DOC = {
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": True,
+            "description": "unique per order; retries reuse it",
+            "schema": {
+                "type": "string",
+                "pattern": r'^(?:[\x21\x23-\x7e]{1,255}|"[\x21\x23-\x5b\x5d-\x7e]{1,255}")$',
+                "maxLength": 257,
+            },
+            "example": "9f2c1e0a-4b7d-4c1e-8f3a-2d6b5e7c9a10",
+        }
+    ]
+}
 _READ = problems(401, 403, 422, 429, 503)
 _ONE = problems(401, 403, 404, 422, 429, 503)
 _ACTION = problems(401, 403, 404, 413, 415, 422, 429, 503)
@@ -70,15 +88,14 @@ def parse_idempotency_key(raw: str | None) -> str:
         202: {"description": "Accepted (or, with `Idempotent-Replayed: true`, the first answer to this key again)"},
         **_SUBMIT,
     },
+    openapi_extra=_IDEMPOTENCY_KEY_DOC,
 )
 async def submit_order(
     body: OrderCreate,
     caller: Customer,
     service: Service,
     response: Response,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", description="unique per order; retries reuse it")
-    ] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
 ) -> OrderView:
     key = parse_idempotency_key(idempotency_key)
     skus = [item.sku for item in body.items]
@@ -94,7 +111,9 @@ async def submit_order(
             ],
         )
     submission = await service.submit(
-        caller, key, NewOrder([(i.sku, i.quantity) for i in body.items], body.shipping_address, body.payment_token)
+        caller,
+        key,
+        NewOrder([(i.sku, i.quantity) for i in body.items], body.shipping_address.to_domain(), body.payment_token),
     )
     response.headers["Location"] = f"/v1/orders/{submission.view.id}"
     if submission.replayed:
@@ -107,9 +126,9 @@ async def list_orders(
     caller: CustomerOrOperator,
     service: Service,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[Cursor | None, Query()] = None,
     status: OrderStatus | None = None,
-    customer_id: Annotated[str | None, Query(max_length=255, description="operators only")] = None,
+    customer_id: Annotated[CustomerId | None, Query(description="operators only")] = None,
 ) -> OrderList:
     if customer_id is not None and not caller.is_operator:
         raise ApiProblem(403, "Forbidden", "only operators filter by customer", slug="forbidden")
@@ -141,9 +160,9 @@ async def cancel_order(
     responses={**_ACTION, **problems(409, _409="Already shipping or ended")},
 )
 async def change_shipping_address(
-    order_id: uuid.UUID, body: Address, caller: CustomerOrOperator, service: Service
+    order_id: uuid.UUID, body: ShippingAddress, caller: CustomerOrOperator, service: Service
 ) -> OrderView:
-    return await service.change_shipping_address(caller, order_id, body)
+    return await service.change_shipping_address(caller, order_id, body.to_domain())
 
 
 @router.post(

@@ -8,6 +8,7 @@ from core.domain.errors import (
     OrderError,
     OrderNotFound,
     UnknownSkus,
+    UnstorableValue,
 )
 from core.domain.models import (
     CANCELLABLE_STATUSES,
@@ -57,6 +58,7 @@ from core.domain.names import (
     order_workflow_id,
     provider_key,
 )
+from core.domain.text import CONTROL_CHARACTERS, Text, has_control_characters
 
 __all__ = [
     "DependencyUnavailable",
@@ -66,6 +68,7 @@ __all__ = [
     "OrderError",
     "OrderNotFound",
     "UnknownSkus",
+    "UnstorableValue",
     "CANCELLABLE_STATUSES",
     "TERMINAL_STATUSES",
     "Address",
@@ -110,4 +113,7 @@ __all__ = [
     "order_id_from_workflow_id",
     "order_workflow_id",
     "provider_key",
+    "CONTROL_CHARACTERS",
+    "Text",
+    "has_control_characters",
 ]

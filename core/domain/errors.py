@@ -29,6 +29,12 @@ class IdempotencyKeyReused(OrderError):
     """The same Idempotency-Key came with a different request body."""
 
 
+class UnstorableValue(OrderError):
+    """The database refused a value of the request itself (SQLSTATE class 22, e.g. NUL in text).
+    No retry can fix it, so it is the caller's error, never an outage. Input validation should
+    have refused the value first; this is the backstop."""
+
+
 class DependencyUnavailable(OrderError):
     """Temporal or the database did not answer in time; the caller should retry later."""
 

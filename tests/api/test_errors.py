@@ -149,3 +149,14 @@ async def test_unexpected_errors_are_500_problems_without_internals(gateway_clie
         response = await http.get("/v1/boom", headers={**bearer(), "X-Request-ID": "trace-me"})
     problem = assert_problem(response, 500)
     assert problem["request_id"] == "trace-me" and "hunter2" not in response.text and "Traceback" not in response.text
+
+
+async def test_a_body_that_is_not_utf8_is_422_like_broken_json(gateway_client, bearer):
+    async with gateway_client() as http:
+        response = await http.post(
+            f"/v1/orders/{uuid.uuid4()}/cancel",
+            content=b'{"reason": "\xff\xfe"}',
+            headers={**bearer(), "Content-Type": "application/json"},
+        )
+    problem = assert_problem(response, 422)
+    assert problem["errors"] == [{"loc": ["body"], "msg": "the body is not UTF-8 encoded JSON", "type": "json_invalid"}]
