@@ -1,0 +1,621 @@
+"""The order workflow with fake activities on the time-skipping server: no PostgreSQL, no sandbox.
+
+As in temporalio/samples-python's tests, each fake is registered under the real activity's name
+(``@activity.defn(name=...)``) and on the real activity's task queue, both taken from
+``workers.registry``: a renamed or moved activity fails these tests instead of silently running
+against a fake nobody calls. The fakes record every attempt, so the tests assert on the order of the
+calls, which is what the saga promises: compensations in reverse, each exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import (
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateStage,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from core.config import Settings
+from core.domain import (
+    ERR_INVALID_STATE,
+    ERR_OUT_OF_STOCK,
+    ERR_PAYMENT_DECLINED,
+    ERR_PROVIDER_REJECTED,
+    ORDER_WORKFLOW,
+    QUERY_ORDER,
+    SIGNAL_CARRIER_EVENT,
+    UPDATE_CANCEL,
+    UPDATE_REVIEW,
+    AuthorizePayment,
+    CancelRequest,
+    CancelShipment,
+    CarrierEventKind,
+    CarrierEventSignal,
+    CreateShipment,
+    FailureReason,
+    OrderInput,
+    OrderStatus,
+    OrderView,
+    PaymentAction,
+    PaymentAuthorization,
+    ProjectOrder,
+    ReviewDecision,
+    ReviewRequest,
+    Shipment,
+    StockRelease,
+    StockRequest,
+    VoidUnknownAuthorization,
+    order_workflow_id,
+    provider_key,
+)
+from core.search_attributes import ensure_search_attributes
+from core.temporal import data_converter
+from devstack.binaries import temporal_test_server_path
+from tests.harness import wait_for
+from tests.support import order_input
+from workers.registry import queue_specs
+
+# Each test takes well under a second; a regression that leaves an order waiting (time skipping is
+# locked outside ``result()``) must fail here, not hold the suite for the global timeout.
+pytestmark = pytest.mark.timeout(60)
+
+HAPPY = ["reserve_stock", "authorize_payment", "create_shipment", "capture_payment", "commit_stock"]
+
+
+class FakeOrderActivities:
+    """Every activity of the order workflow, under its real name, recording each attempt in ``calls``.
+
+    ``errors[name]`` makes every attempt of that activity raise a fresh error; ``shipment_gate``, when
+    set, holds create_shipment until the test opens it (``shipment_started`` tells it is held);
+    ``hold_projection_of`` holds the projection of that status the same way (``projection_gate``).
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.requests: dict[str, list[Any]] = defaultdict(list)
+        self.projected: list[ProjectOrder] = []
+        self.errors: dict[str, Callable[[], BaseException]] = {}
+        self.shipment_gate: asyncio.Event | None = None
+        self.shipment_started = asyncio.Event()
+        self.hold_projection_of: OrderStatus | None = None
+        self.projection_gate = asyncio.Event()
+        self.projection_held = asyncio.Event()
+
+    def _record(self, name: str, request: Any) -> None:
+        self.calls.append(name)
+        self.requests[name].append(request)
+        if name in self.errors:
+            raise self.errors[name]()
+
+    @activity.defn(name="reserve_stock")
+    async def reserve_stock(self, request: StockRequest) -> None:
+        self._record("reserve_stock", request)
+
+    @activity.defn(name="release_stock")
+    async def release_stock(self, request: StockRelease) -> None:
+        self._record("release_stock", request)
+
+    @activity.defn(name="commit_stock")
+    async def commit_stock(self, request: StockRelease) -> None:
+        self._record("commit_stock", request)
+
+    @activity.defn(name="authorize_payment")
+    async def authorize_payment(self, request: AuthorizePayment) -> PaymentAuthorization:
+        self._record("authorize_payment", request)
+        return PaymentAuthorization(authorization_id=f"auth-{request.order_id.hex[:12]}", status="authorized")
+
+    @activity.defn(name="capture_payment")
+    async def capture_payment(self, request: PaymentAction) -> None:
+        self._record("capture_payment", request)
+
+    @activity.defn(name="void_payment")
+    async def void_payment(self, request: PaymentAction) -> None:
+        self._record("void_payment", request)
+
+    @activity.defn(name="refund_payment")
+    async def refund_payment(self, request: PaymentAction) -> None:
+        self._record("refund_payment", request)
+
+    @activity.defn(name="void_unknown_authorization")
+    async def void_unknown_authorization(self, request: VoidUnknownAuthorization) -> str:
+        self._record("void_unknown_authorization", request)
+        return "voided"
+
+    @activity.defn(name="create_shipment")
+    async def create_shipment(self, request: CreateShipment) -> Shipment:
+        self._record("create_shipment", request)
+        self.shipment_started.set()
+        if self.shipment_gate is not None:
+            await self.shipment_gate.wait()
+        return Shipment(tracking_number=tracking_number(request.order_id))
+
+    @activity.defn(name="cancel_shipment")
+    async def cancel_shipment(self, request: CancelShipment) -> None:
+        self._record("cancel_shipment", request)
+
+    @activity.defn(name="project_order")
+    async def project_order(self, request: ProjectOrder) -> None:
+        # The local projection activity: recorded apart, the tests look at it on its own.
+        self.projected.append(request)
+        if request.view.status == self.hold_projection_of:
+            self.projection_held.set()
+            await self.projection_gate.wait()
+
+    def by_name(self) -> dict[str, Callable]:
+        methods = [getattr(self, name) for name in dir(self) if callable(getattr(self, name))]
+        return {name: method for method in methods if (name := activity_name(method))}
+
+
+def activity_name(fn: Callable) -> str | None:
+    """The name ``@activity.defn`` registered ``fn`` under (None for anything else). The SDK offers
+    no public reader; the worker reads the same definition."""
+    definition = activity._Definition.from_callable(fn)
+    return definition.name if definition else None
+
+
+def tracking_number(order_id: uuid.UUID) -> str:
+    return f"TRK-{order_id.hex[:12].upper()}"
+
+
+def declined() -> ApplicationError:
+    return ApplicationError("card_declined", type=ERR_PAYMENT_DECLINED, non_retryable=True)
+
+
+def provider_rejected() -> ApplicationError:
+    return ApplicationError("invalid_request", type=ERR_PROVIDER_REJECTED, non_retryable=True)
+
+
+def provider_down() -> RuntimeError:
+    return RuntimeError("provider answered 503")  # what activities/http.py raises on 5xx: retryable
+
+
+@pytest.fixture(scope="module")
+async def fake_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping test server of these tests' own, with the platform's data converter.
+
+    Not the shared ``ts_env``: its clock is global, and workflows other tests leave running with no
+    worker (test_review_is_refused_when_not_awaiting_review leaves one waiting for delivery) were
+    seen to stop time skipping there, so these tests hung when run after them. Nor does this need
+    ``settings``, which would start PostgreSQL.
+    """
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=data_converter(Settings(environment="test")),
+        test_server_existing_path=str(temporal_test_server_path()),
+    )
+    # The workflow upserts these; the test server rejects unregistered ones as a real cluster does.
+    await ensure_search_attributes(env.client, env.client.namespace)
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def fakes() -> FakeOrderActivities:
+    return FakeOrderActivities()
+
+
+@pytest.fixture
+def fake_workers(fake_env: WorkflowEnvironment, task_queue: str, fakes: FakeOrderActivities):
+    """``async with fake_workers(): ...`` runs every queue of the registry with the fakes in place of
+    the real activities, matched by activity name."""
+
+    @asynccontextmanager
+    async def _run() -> AsyncIterator[None]:
+        # The real activity classes only keep their dependencies here; nothing of them is called.
+        specs = queue_specs(Settings(environment="test"), None, None, task_queue)
+        fake_by_name = fakes.by_name()
+        async with AsyncExitStack() as stack:
+            for spec in specs.values():
+                names = [activity_name(real) for real in spec.activities]
+                await stack.enter_async_context(
+                    Worker(
+                        fake_env.client,
+                        task_queue=spec.task_queue,
+                        workflows=list(spec.workflows),
+                        activities=[fake_by_name[name] for name in names],
+                    )
+                )
+            try:
+                yield
+            finally:
+                # Never leave a worker waiting on a held activity.
+                fakes.projection_gate.set()
+                if fakes.shipment_gate is not None:
+                    fakes.shipment_gate.set()
+
+    return _run
+
+
+@pytest.fixture
+async def start(fake_env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[Callable[..., Any]]:
+    """``await start(order)`` starts the order's workflow as the gateway does. Orders a failing test
+    leaves running are terminated: the test server's clock is shared, and a workflow whose timers
+    fire with no worker left would stop time skipping for every later test."""
+    handles: list[WorkflowHandle] = []
+
+    async def _start(order: OrderInput, **options: Any) -> WorkflowHandle:
+        handle = await fake_env.client.start_workflow(
+            ORDER_WORKFLOW,
+            order,
+            id=order_workflow_id(order.order_id),
+            task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            result_type=OrderView,
+            **options,
+        )
+        handles.append(handle)
+        return handle
+
+    yield _start
+    for handle in handles:
+        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            await handle.terminate("the test ended with the order still running")
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+async def view_of(handle: WorkflowHandle) -> OrderView:
+    return await handle.query(QUERY_ORDER, result_type=OrderView)
+
+
+async def reach(handle: WorkflowHandle, status: OrderStatus) -> OrderView:
+    async def reached() -> OrderView | None:
+        view = await view_of(handle)
+        return view if view.status == status else None
+
+    return await wait_for(reached, timeout=15, interval=0.05, what=f"status {status}")
+
+
+async def carrier_event(handle: WorkflowHandle, tracking: str, event: CarrierEventKind) -> None:
+    await handle.signal(
+        SIGNAL_CARRIER_EVENT,
+        CarrierEventSignal(tracking_number=tracking, event=event, occurred_at=datetime.now(UTC)),
+    )
+
+
+async def events_of(handle: WorkflowHandle, event_type: EventType.ValueType) -> list:
+    return [event async for event in handle.fetch_history_events() if event.event_type == event_type]
+
+
+def statuses(view: OrderView) -> list[str]:
+    return [change.status.value for change in view.history]
+
+
+def outcome(view: OrderView) -> tuple[OrderStatus, FailureReason | None]:
+    return view.status, view.failure_reason
+
+
+def big_order(**overrides: Any) -> OrderInput:
+    """An order over the review threshold: it waits for an operator after the stock is reserved."""
+    return order_input("SKU-BIG", price=300_000, review_threshold=100_000, **overrides)
+
+
+# --- the happy path and the projection --------------------------------------------------------------
+
+
+async def test_happy_path_calls_each_activity_once_with_keys_derived_from_the_order(start, fake_workers, fakes):
+    order = order_input("SKU-1", quantity=2, price=1_250)
+    async with fake_workers():
+        handle = await start(order)
+        shipped = await reach(handle, OrderStatus.SHIPPED)
+        assert shipped.tracking_number == tracking_number(order.order_id)
+        await carrier_event(handle, shipped.tracking_number, CarrierEventKind.DELIVERED)
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.COMPLETED, None)
+    assert fakes.calls == HAPPY
+    assert statuses(final) == ["received", "stock_reserved", "payment_authorized", "shipped", "completed"]
+    [authorize] = fakes.requests["authorize_payment"]
+    assert (authorize.amount, authorize.idempotency_key) == (2_500, provider_key(order.order_id, "authorize"))
+    [capture] = fakes.requests["capture_payment"]
+    assert capture.authorization_id == f"auth-{order.order_id.hex[:12]}"
+    assert capture.idempotency_key == provider_key(order.order_id, "capture")
+    assert fakes.requests["create_shipment"][0].idempotency_key == provider_key(order.order_id, "ship")
+    # The local projection activity: every transition after `received` (the gateway wrote that row),
+    # with a sequence number that only grows, ending on the final view.
+    assert [p.view.status.value for p in fakes.projected] == statuses(final)[1:]
+    assert [p.seq for p in fakes.projected] == list(range(2, 2 + len(fakes.projected)))
+    assert fakes.projected[-1].view == final
+
+
+# --- (a) compensation order ---------------------------------------------------------------------------
+
+
+async def test_out_of_stock_is_rejected_and_compensates_nothing(start, fake_workers, fakes):
+    fakes.errors["reserve_stock"] = lambda: ApplicationError("no stock", type=ERR_OUT_OF_STOCK, non_retryable=True)
+    async with fake_workers():
+        final = await (await start(order_input("SKU-1"))).result()
+    assert outcome(final) == (OrderStatus.REJECTED, FailureReason.OUT_OF_STOCK)
+    assert fakes.calls == ["reserve_stock"]
+
+
+async def test_decline_after_stock_reserved_releases_stock_and_nothing_else(start, fake_workers, fakes):
+    fakes.errors["authorize_payment"] = declined
+    async with fake_workers():
+        final = await (await start(order_input("SKU-1"))).result()
+    assert outcome(final) == (OrderStatus.REJECTED, FailureReason.PAYMENT_DECLINED)
+    assert fakes.calls == ["reserve_stock", "authorize_payment", "release_stock"]
+
+
+@pytest.mark.parametrize(
+    ("error", "attempts"),
+    [
+        (provider_down, 5),  # transient: CREATE_SHIPMENT's five attempts, the backoff skipped
+        (provider_rejected, 1),  # a 4xx from the carrier: not retried
+    ],
+)
+async def test_carrier_unavailable_after_authorize_voids_then_releases(start, fake_workers, fakes, error, attempts):
+    fakes.errors["create_shipment"] = error
+    order = order_input("SKU-1")
+    async with fake_workers():
+        final = await (await start(order)).result()
+    assert outcome(final) == (OrderStatus.FAILED, FailureReason.CARRIER_UNAVAILABLE)
+    assert fakes.calls == ["reserve_stock", "authorize_payment"] + ["create_shipment"] * attempts + [
+        "void_payment",
+        "release_stock",
+    ]
+    [void] = fakes.requests["void_payment"]
+    assert void.idempotency_key == provider_key(order.order_id, "void")
+
+
+@pytest.mark.parametrize("error", [provider_down, provider_rejected])
+async def test_authorization_without_a_definitive_answer_is_voided_by_key_then_stock_released(
+    start, fake_workers, fakes, error
+):
+    """Neither approved nor declined: an authorization may exist at the provider, so it is voided by
+    the authorize call's key (a 4xx other than a decline takes the same path)."""
+    fakes.errors["authorize_payment"] = error
+    order = order_input("SKU-1")
+    async with fake_workers():
+        final = await (await start(order)).result()
+    assert outcome(final) == (OrderStatus.FAILED, FailureReason.PAYMENT_UNAVAILABLE)
+    authorize_attempts = fakes.calls.count("authorize_payment")
+    assert authorize_attempts > 1 if error is provider_down else authorize_attempts == 1
+    assert fakes.calls == ["reserve_stock"] + ["authorize_payment"] * authorize_attempts + [
+        "void_unknown_authorization",
+        "release_stock",
+    ]
+    [void] = fakes.requests["void_unknown_authorization"]
+    assert void.authorize_idempotency_key == provider_key(order.order_id, "authorize")
+
+
+async def test_lost_parcel_after_capture_is_refunded_and_the_stock_stays_deducted(start, fake_workers, fakes):
+    order = order_input("SKU-1", price=990)
+    async with fake_workers():
+        handle = await start(order)
+        shipped = await reach(handle, OrderStatus.SHIPPED)
+        await carrier_event(handle, shipped.tracking_number, CarrierEventKind.LOST)
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.FAILED, FailureReason.LOST_IN_TRANSIT)
+    assert fakes.calls == [*HAPPY, "refund_payment"]
+    [refund] = fakes.requests["refund_payment"]
+    assert (refund.amount, refund.idempotency_key) == (990, provider_key(order.order_id, "refund"))
+
+
+async def test_an_event_for_another_parcel_is_ignored(start, fake_workers, fakes):
+    async with fake_workers():
+        handle = await start(order_input("SKU-1"))
+        shipped = await reach(handle, OrderStatus.SHIPPED)
+        await carrier_event(handle, "TRK-SOMEONE-ELSE", CarrierEventKind.LOST)
+        await carrier_event(handle, shipped.tracking_number, CarrierEventKind.DELIVERED)
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.COMPLETED, None)
+    assert [event.event for event in final.carrier_events] == [CarrierEventKind.DELIVERED]
+    assert fakes.calls == HAPPY
+
+
+# --- (b) cancel races ---------------------------------------------------------------------------------
+
+
+async def test_cancel_accepted_while_the_shipment_is_created_wins_and_undoes_everything(start, fake_workers, fakes):
+    fakes.shipment_gate = asyncio.Event()
+    order = order_input("SKU-1")
+    async with fake_workers():
+        handle = await start(order)
+        await asyncio.wait_for(fakes.shipment_started.wait(), timeout=15)
+        cancel = await handle.start_update(
+            UPDATE_CANCEL,
+            CancelRequest(reason="too slow"),
+            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            result_type=OrderView,
+        )
+        assert (await view_of(handle)).cancel_requested
+        fakes.shipment_gate.set()  # the carrier answers after the cancel was accepted
+        cancelled = await asyncio.wait_for(cancel.result(), timeout=15)
+        final = await handle.result()
+    assert outcome(cancelled) == outcome(final) == (OrderStatus.CANCELLED, FailureReason.CANCELLED_BY_CUSTOMER)
+    assert fakes.calls == [
+        "reserve_stock",
+        "authorize_payment",
+        "create_shipment",
+        "cancel_shipment",
+        "void_payment",
+        "release_stock",
+    ]
+    assert fakes.requests["cancel_shipment"][0].tracking_number == tracking_number(order.order_id)
+    assert "shipped" not in statuses(final) and final.history[-1].note == "too slow"
+
+
+async def test_a_repeated_cancel_answers_like_the_first_and_compensates_once(start, fake_workers, fakes):
+    fakes.shipment_gate = asyncio.Event()
+    async with fake_workers():
+        handle = await start(order_input("SKU-1"))
+        await asyncio.wait_for(fakes.shipment_started.wait(), timeout=15)
+        first, second = [
+            await handle.start_update(
+                UPDATE_CANCEL,
+                CancelRequest(reason=reason),
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                result_type=OrderView,
+            )
+            for reason in ("first", "second")
+        ]
+        fakes.shipment_gate.set()
+        answers = [await asyncio.wait_for(update.result(), timeout=15) for update in (first, second)]
+        final = await handle.result()
+    assert answers == [final, final]
+    assert outcome(final) == (OrderStatus.CANCELLED, FailureReason.CANCELLED_BY_CUSTOMER)
+    assert final.history[-1].note == "first"  # the repeat changes nothing
+    for compensation in ("cancel_shipment", "void_payment", "release_stock"):
+        assert fakes.calls.count(compensation) == 1, fakes.calls
+
+
+async def test_a_cancel_repeated_after_the_order_ended_answers_with_the_final_state(start, fake_workers, fakes):
+    """The one moment a repeated cancel meets a status that is no longer cancellable while the workflow
+    still runs: the final projection. It must be answered like the first, not refused."""
+    fakes.hold_projection_of = OrderStatus.CANCELLED
+    async with fake_workers():
+        # A short workflow task timeout: the worker then completes the task that waits on the held
+        # projection after a second, which lets the updates through before the projection ends.
+        handle = await start(big_order(), task_timeout=timedelta(seconds=1))
+        await reach(handle, OrderStatus.AWAITING_REVIEW)
+        first = await asyncio.wait_for(
+            handle.execute_update(UPDATE_CANCEL, CancelRequest(reason="first"), result_type=OrderView), timeout=15
+        )
+        assert fakes.projection_held.is_set() and not fakes.projection_gate.is_set()
+        again = await asyncio.wait_for(
+            handle.execute_update(UPDATE_CANCEL, CancelRequest(reason="again"), result_type=OrderView), timeout=15
+        )
+        assert not fakes.projection_gate.is_set()  # answered while the order was still finishing
+        fakes.projection_gate.set()
+        final = await handle.result()
+    assert outcome(first) == (OrderStatus.CANCELLED, FailureReason.CANCELLED_BY_CUSTOMER)
+    assert first == again == final
+    assert fakes.calls == ["reserve_stock", "release_stock"]
+
+
+async def test_cancel_after_shipping_is_refused_with_invalid_state_and_the_order_goes_on(start, fake_workers, fakes):
+    async with fake_workers():
+        handle = await start(order_input("SKU-1"))
+        shipped = await reach(handle, OrderStatus.SHIPPED)
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(UPDATE_CANCEL, CancelRequest(reason="too late"))
+        cause = refused.value.cause
+        assert isinstance(cause, ApplicationError) and cause.type == ERR_INVALID_STATE
+        assert "shipped and can no longer be cancelled" in cause.message
+        assert not (await view_of(handle)).cancel_requested
+        await carrier_event(handle, shipped.tracking_number, CarrierEventKind.DELIVERED)
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.COMPLETED, None)
+    assert fakes.calls == HAPPY
+    # A refused update is never written to the history: nothing to replay.
+    assert await events_of(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED) == []
+
+
+async def test_cancel_during_review_releases_stock_and_takes_no_payment(start, fake_workers, fakes):
+    async with fake_workers():
+        handle = await start(big_order())
+        await reach(handle, OrderStatus.AWAITING_REVIEW)
+        cancelled = await handle.execute_update(
+            UPDATE_CANCEL, CancelRequest(reason="changed my mind"), result_type=OrderView
+        )
+        final = await handle.result()
+    assert outcome(cancelled) == outcome(final) == (OrderStatus.CANCELLED, FailureReason.CANCELLED_BY_CUSTOMER)
+    assert fakes.calls == ["reserve_stock", "release_stock"]
+    assert final.review is None
+
+
+async def test_review_rejected_releases_stock(start, fake_workers, fakes):
+    async with fake_workers():
+        handle = await start(big_order())
+        await reach(handle, OrderStatus.AWAITING_REVIEW)
+        await handle.execute_update(
+            UPDATE_REVIEW, ReviewRequest(decision=ReviewDecision.REJECT, note="fraud", reviewer="op")
+        )
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.REJECTED, FailureReason.REVIEW_REJECTED)
+    assert fakes.calls == ["reserve_stock", "release_stock"]
+    assert final.review is not None and final.review.note == "fraud"
+
+
+# --- (c) early carrier events -------------------------------------------------------------------------
+
+
+async def test_delivered_before_the_shipment_result_is_applied_completes_the_order(start, fake_workers, fakes):
+    """A `delivered` handled before the create-shipment result: kept until the tracking number is
+    known, so the order completes instead of failing at its delivery deadline (which time skipping
+    would reach at once while ``result()`` waits)."""
+    fakes.shipment_gate = asyncio.Event()
+    order = order_input("SKU-1")
+    tracking = tracking_number(order.order_id)
+    async with fake_workers():
+        handle = await start(order)
+        await asyncio.wait_for(fakes.shipment_started.wait(), timeout=15)
+        await carrier_event(handle, tracking, CarrierEventKind.DELIVERED)
+
+        async def signal_handled() -> bool:
+            # A workflow task completed after the signal: the handler ran while the shipment was held.
+            history = [event.event_type async for event in handle.fetch_history_events()]
+            signalled = history.index(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
+            return EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in history[signalled:]
+
+        await wait_for(signal_handled, timeout=15, interval=0.05, what="the signal handled")
+        assert (await view_of(handle)).tracking_number is None
+        fakes.shipment_gate.set()
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.COMPLETED, None), statuses(final)
+    assert final.tracking_number == tracking
+    assert [event.event for event in final.carrier_events] == [CarrierEventKind.DELIVERED]
+    assert fakes.calls == HAPPY
+    assert await events_of(handle, EventType.EVENT_TYPE_TIMER_FIRED) == []
+
+
+async def test_an_early_event_for_another_parcel_does_not_complete_the_order(start, fake_workers, fakes):
+    fakes.shipment_gate = asyncio.Event()
+    order = order_input("SKU-1", delivery_deadline_s=3600)
+    async with fake_workers():
+        handle = await start(order)
+        await asyncio.wait_for(fakes.shipment_started.wait(), timeout=15)
+        await carrier_event(handle, "TRK-SOMEONE-ELSE", CarrierEventKind.DELIVERED)
+        fakes.shipment_gate.set()
+        final = await handle.result()  # the deadline passes: the event was not this order's
+    assert outcome(final) == (OrderStatus.FAILED, FailureReason.LOST_IN_TRANSIT)
+    assert final.carrier_events == []
+    assert fakes.calls == [*HAPPY, "refund_payment"]
+
+
+# --- (d) timers ---------------------------------------------------------------------------------------
+
+
+async def test_review_timeout_fires_once_and_releases_stock(fake_env, start, fake_workers, fakes):
+    order = big_order(review_timeout_s=24 * 3600)
+    async with fake_workers():
+        handle = await start(order)
+        before = await fake_env.get_current_time()
+        final = await handle.result()  # time skipping: the day passes at once
+        after = await fake_env.get_current_time()
+    assert outcome(final) == (OrderStatus.CANCELLED, FailureReason.REVIEW_TIMEOUT)
+    assert fakes.calls == ["reserve_stock", "release_stock"]
+    assert after - before >= timedelta(hours=24)
+    [started] = await events_of(handle, EventType.EVENT_TYPE_TIMER_STARTED)
+    assert started.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta() == timedelta(hours=24)
+    assert len(await events_of(handle, EventType.EVENT_TYPE_TIMER_FIRED)) == 1
+
+
+async def test_delivery_deadline_fires_once_and_refunds(start, fake_workers, fakes):
+    order = order_input("SKU-1", price=500, delivery_deadline_s=3 * 24 * 3600)
+    async with fake_workers():
+        handle = await start(order)
+        final = await handle.result()  # the three days pass at once
+    assert outcome(final) == (OrderStatus.FAILED, FailureReason.LOST_IN_TRANSIT)
+    assert final.history[-1].note == "no delivery by the deadline"
+    assert fakes.calls == [*HAPPY, "refund_payment"]
+    [started] = await events_of(handle, EventType.EVENT_TYPE_TIMER_STARTED)
+    assert started.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta() == timedelta(days=3)
+    assert len(await events_of(handle, EventType.EVENT_TYPE_TIMER_FIRED)) == 1
