@@ -7,6 +7,8 @@ and non-retryable.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
@@ -14,6 +16,11 @@ from core.config import Settings
 from core.domain import ERR_PAYMENT_DECLINED, ERR_PROVIDER_REJECTED
 
 TRANSIENT_STATUSES = {408, 409, 425, 429}
+# A provider asking for a longer pause than this is retried after this long anyway: the activity's
+# own schedule-to-close window decides when to give up, not one answer's header.
+MAX_RETRY_AFTER_S = 60
+# The type of a transient refusal that carried Retry-After (retryable: in no policy's non-retryable list).
+ERR_PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 
 
 def provider_client(settings: Settings) -> httpx.AsyncClient:
@@ -31,16 +38,37 @@ async def post_idempotent(http: httpx.AsyncClient, url: str, *, json: dict, idem
     """POST with an Idempotency-Key; returns only definitive answers (2xx or business 4xx)."""
     response = await http.post(url, json=json, headers={"Idempotency-Key": idempotency_key})
     if response.status_code >= 500 or response.status_code in TRANSIENT_STATUSES:
-        # Plain exception: retryable, and the message says what the provider answered.
-        raise RuntimeError(f"provider answered {response.status_code} for POST {url}")
+        message = f"provider answered {response.status_code} for POST {url}"
+        delay = retry_after(response)
+        if delay is not None:
+            # Retryable, but not sooner than the provider asked: retrying earlier only meets the
+            # same refusal and spends the provider's rate budget.
+            raise ApplicationError(message, type=ERR_PROVIDER_UNAVAILABLE, next_retry_delay=delay)
+        # Plain exception: retryable with the policy's backoff, and the message says what the provider answered.
+        raise RuntimeError(message)
     return response
 
 
+def retry_after(response: httpx.Response) -> timedelta | None:
+    """The answer's Retry-After in seconds (RFC 9110 delay-seconds), capped; None when absent or an HTTP date."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value.isdigit():
+        return None
+    return timedelta(seconds=min(int(value), MAX_RETRY_AFTER_S))
+
+
 def error_code(response: httpx.Response) -> str:
+    """The provider's error code from a body like {"error": {"code": ...}}; "unknown" for any other body.
+
+    Never raises: a decline with an unexpected body must still be a decline, not a retryable crash."""
     try:
-        return str(response.json().get("error", {}).get("code", "unknown"))
+        body = response.json()
     except ValueError:
         return "unknown"
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("code") is not None:
+        return str(error["code"])
+    return "unknown"
 
 
 def rejected(response: httpx.Response, what: str, *, error_type: str = ERR_PROVIDER_REJECTED) -> ApplicationError:

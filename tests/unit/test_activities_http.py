@@ -289,15 +289,6 @@ async def test_a_rejection_without_the_error_shape_still_maps_with_an_unknown_co
     assert error.details == ({"status": 400, "code": "unknown"},)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: activities/http.py error_code() calls .get() on whatever JSON the provider sent, so an error "
-        "body that is valid JSON but not {'error': {...}} raises AttributeError, which is retryable: a 402 "
-        "decline is then retried for the whole AUTHORIZE window and the order fails as payment_unavailable "
-        "instead of being rejected as payment_declined"
-    ),
-)
 @pytest.mark.parametrize("body", [{"error": "card_declined"}, ["card_declined"], "card_declined"])
 async def test_a_decline_with_an_unexpected_json_error_body_is_still_a_decline(body):
     error = await failure_of(AUTHORIZE, answering(402, body))
@@ -311,12 +302,32 @@ async def test_a_decline_with_an_unexpected_json_error_body_is_still_a_decline(b
 @by_name
 @pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 502, 503, 504])
 async def test_5xx_and_transient_4xx_are_retried(call: Call, status: int):
-    provider = answering(status, error_body("temporarily_unavailable"), headers={"Retry-After": "1"})
+    provider = answering(status, error_body("temporarily_unavailable"))
     error = await failure_of(call, provider)
     assert not isinstance(error, ApplicationError)  # a plain exception: Temporal's retry policy applies
     assert f"provider answered {status}" in str(error)
     assert retried_under(call.policy, error)
     assert len(provider.requests) == 1  # the activity never retries by hand; Temporal does
+
+
+@by_name
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_transient_answer_with_retry_after_is_retried_no_sooner(call: Call, status: int):
+    provider = answering(status, error_body("temporarily_unavailable"), headers={"Retry-After": "3"})
+    error = await failure_of(call, provider)
+    assert isinstance(error, ApplicationError) and not error.non_retryable
+    assert error.next_retry_delay == timedelta(seconds=3)
+    assert retried_under(call.policy, error)
+    assert len(provider.requests) == 1
+
+
+@pytest.mark.parametrize(("header", "expected"), [("86400", timedelta(seconds=60)), ("soon", None), ("", None)])
+async def test_retry_after_is_capped_and_an_unreadable_one_falls_back_to_the_policy(header, expected):
+    error = await failure_of(AUTHORIZE, answering(503, error_body("busy"), headers={"Retry-After": header}))
+    if expected is None:
+        assert not isinstance(error, ApplicationError)
+    else:
+        assert isinstance(error, ApplicationError) and error.next_retry_delay == expected
 
 
 async def test_the_providers_request_in_progress_409_is_transient():
@@ -335,13 +346,6 @@ async def test_timeouts_and_connection_errors_are_retried(call: Call, transport_
     assert retried_under(call.policy, error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gap: a 429/503 Retry-After is not passed on to Temporal (ApplicationError(next_retry_delay=...)); "
-        "the retry follows the policy's own backoff, which may come back sooner than the provider asked"
-    ),
-)
 async def test_retry_after_sets_the_next_retry_delay():
     error = await failure_of(AUTHORIZE, answering(429, error_body("rate_limited"), headers={"Retry-After": "7"}))
     assert isinstance(error, ApplicationError) and not error.non_retryable
