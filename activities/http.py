@@ -1,8 +1,8 @@
 """Turning provider HTTP answers into Temporal's retry semantics.
 
 Timeouts, refused connections, 5xx, 429 and the provider's own 409 "request in progress" are
-transient: the activity raises and Temporal retries with backoff. Every other 4xx is a business answer
-and non-retryable.
+transient: the activity raises and Temporal retries with backoff, no sooner than a Retry-After the
+provider sent. Every other 4xx is a business answer and non-retryable.
 """
 
 from __future__ import annotations
