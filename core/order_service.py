@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -33,8 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.config import Settings
 from core.db.catalog import Catalog
 from core.db.idempotency import IdempotencyStore
-from core.db.read_model import OrderPage, OrderReadModel, order_row
-from core.db.tables import order_events, orders
+from core.db.read_model import OrderPage, OrderReadModel
 from core.domain import (
     ORDER_WORKFLOW,
     SIGNAL_CARRIER_EVENT,
@@ -57,7 +55,6 @@ from core.domain import (
     OrderStatus,
     OrderView,
     ReviewRequest,
-    StatusChange,
     UnknownSkus,
     order_id_for_key,
     order_workflow_id,
@@ -127,7 +124,7 @@ class OrderService:
         """
         request_hash = order.canonical_hash()
         now = datetime.now(UTC)
-        view = await self._price(caller, order, now)
+        lines, currency = await self._price(order)
         try:
             async with self._engine.begin() as conn:
                 store = IdempotencyStore(conn, caller.subject, SUBMIT_ROUTE)
@@ -139,15 +136,19 @@ class OrderService:
                     timedelta(seconds=self._settings.idempotency_retention_s),
                 )
                 if claimed:
-                    view.id = order_id
-                    body = view.model_dump(mode="json")
-                    await store.save_response(idempotency_key, 202, body)
-                    await conn.execute(insert(orders).values(**order_row(view, seq=1)).on_conflict_do_nothing())
-                    await conn.execute(
-                        insert(order_events)
-                        .values(order_id=order_id, seq=1, status=OrderStatus.RECEIVED.value, at=now)
-                        .on_conflict_do_nothing()
+                    view = OrderView.received(
+                        order_id=order_id,
+                        customer_id=caller.subject,
+                        items=lines,
+                        total=sum(line.quantity * line.unit_price for line in lines),
+                        currency=currency,
+                        shipping_address=order.shipping_address,
+                        at=now,
                     )
+                    # The view as the domain has it: a replay rebuilds it to restart the workflow,
+                    # and the gateway maps it to its public body every time, the first one too.
+                    await store.save_response(idempotency_key, 202, view.model_dump(mode="json"))
+                    await self._read_model.insert_received(conn, view)
                 else:
                     record = await store.load(idempotency_key)
                     assert record is not None  # claim() found it under the same transaction
@@ -169,7 +170,8 @@ class OrderService:
         log.info("order accepted", order_id=str(view.id), replayed=not claimed)
         return Submission(view=view, replayed=not claimed)
 
-    async def _price(self, caller: Caller, order: NewOrder, now: datetime) -> OrderView:
+    async def _price(self, order: NewOrder) -> tuple[list[OrderLine], str]:
+        """The order's lines at today's catalogue prices, and their one currency."""
         skus = [sku for sku, _ in order.items]
         try:
             prices = await self._catalog.prices(skus)
@@ -182,18 +184,7 @@ class OrderService:
         if len(currencies) != 1:
             raise MixedCurrencies("all items of one order must be priced in the same currency")
         lines = [OrderLine(sku=sku, quantity=quantity, unit_price=prices[sku][0]) for sku, quantity in order.items]
-        return OrderView(
-            id=uuid.UUID(int=0),
-            customer_id=caller.subject,
-            status=OrderStatus.RECEIVED,
-            items=lines,
-            total=sum(line.quantity * line.unit_price for line in lines),
-            currency=currencies.pop(),
-            shipping_address=order.shipping_address,
-            history=[StatusChange(status=OrderStatus.RECEIVED, at=now)],
-            created_at=now,
-            updated_at=now,
-        )
+        return lines, currencies.pop()
 
     async def _start_workflow(self, view: OrderView, payment_token: str) -> None:
         settings = self._settings
@@ -237,7 +228,7 @@ class OrderService:
         try:
             async with self._engine.begin() as conn:
                 await IdempotencyStore(conn, caller.subject, SUBMIT_ROUTE).forget(idempotency_key)
-                await conn.execute(orders.delete().where((orders.c.id == order_id) & (orders.c.seq == 1)))
+                await self._read_model.forget_received(conn, order_id)
         except DB_ERRORS:
             log.warning("could not forget an unstarted submission", order_id=str(order_id))
 
