@@ -20,7 +20,6 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import (
     Client,
-    WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
@@ -60,6 +59,7 @@ from core.domain import (
     order_workflow_id,
 )
 from core.search_attributes import order_search_attributes, order_static_details, order_static_summary
+from core.temporal import TemporalConnection
 
 log = structlog.get_logger(__name__)
 
@@ -104,10 +104,10 @@ class Submission:
 
 
 class OrderService:
-    def __init__(self, settings: Settings, engine: AsyncEngine, client: Client) -> None:
+    def __init__(self, settings: Settings, engine: AsyncEngine, temporal: TemporalConnection) -> None:
         self._settings = settings
         self._engine = engine
-        self._client = client
+        self._temporal_connection = temporal
         self._catalog = Catalog(engine)
         self._read_model = OrderReadModel(engine)
         self._rpc_timeout = timedelta(seconds=settings.temporal_rpc_timeout_s)
@@ -201,9 +201,10 @@ class OrderService:
             review_timeout_s=settings.review_timeout_s,
             delivery_deadline_s=settings.delivery_deadline_s,
         )
+        client = await self._client()
         try:
             await self._temporal(
-                self._client.start_workflow(
+                client.start_workflow(
                     ORDER_WORKFLOW,
                     order_input,
                     id=order_workflow_id(view.id),
@@ -296,7 +297,7 @@ class OrderService:
             raise DependencyUnavailable("database") from error
         if view is None:
             raise OrderNotFound(f"unknown tracking number {signal.tracking_number}")
-        handle = self._client.get_workflow_handle(order_workflow_id(view.id))
+        handle = (await self._client()).get_workflow_handle(order_workflow_id(view.id))
         try:
             await self._temporal(handle.signal(SIGNAL_CARRIER_EVENT, signal, rpc_timeout=self._rpc_timeout))
         except RPCError as error:
@@ -304,24 +305,23 @@ class OrderService:
                 return  # the order already ended; a late or repeated event changes nothing
             raise DependencyUnavailable("workflow service") from error
 
+    async def _client(self) -> Client:
+        """The connected Temporal client; DependencyUnavailable when it cannot connect now."""
+        return await self._temporal_connection.client()
+
     async def _temporal(self, call):
         """Await one call to Temporal within a hard deadline (so no request hangs, whatever the
-        client's own retries do); an unreachable server becomes DependencyUnavailable."""
+        client's own retries do); a call that does not finish in time becomes DependencyUnavailable."""
         try:
             return await asyncio.wait_for(call, self._settings.temporal_rpc_timeout_s + 1.0)
         except TimeoutError as error:
             raise DependencyUnavailable("workflow service") from error
-        except RuntimeError as error:
-            # A lazy client that cannot connect raises RuntimeError("Failed client connect: ...").
-            if "client connect" in str(error):
-                raise DependencyUnavailable("workflow service") from error
-            raise
 
     async def _update(self, view: OrderView, name: str, request, update_id: str | None = None) -> OrderView | None:
         """Run an update; None when the workflow has already ended. Validator refusals -> InvalidOrderState."""
         if view.status.is_terminal:
             return None
-        handle: WorkflowHandle = self._client.get_workflow_handle(order_workflow_id(view.id))
+        handle = (await self._client()).get_workflow_handle(order_workflow_id(view.id))
         try:
             try:
                 update = await self._temporal(
