@@ -19,7 +19,7 @@ from api.routes import carrier, catalog, codec, health, orders
 from core.config import Settings
 from core.db.engine import create_engine
 from core.order_service import OrderService
-from core.temporal import connect_client
+from core.temporal import TemporalConnection
 from core.tokens import TokenVerifier
 
 DESCRIPTION = """
@@ -35,12 +35,14 @@ Submit orders and follow them through stock, payment and shipping.
 
 
 def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client: Client | None = None) -> FastAPI:
+    """The gateway. ``engine`` and ``client`` (already connected) are for callers that own them."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         own_engine = engine is None
         app.state.engine = engine or create_engine(settings)
-        # Lazy: the gateway starts (and /readyz says 503) while Temporal is still down.
-        app.state.temporal = client or await connect_client(settings, lazy=True)
+        # Connected on first use: the gateway starts (and /readyz says 503) while Temporal is down.
+        app.state.temporal = TemporalConnection(settings, client)
         app.state.service = OrderService(settings, app.state.engine, app.state.temporal)
         try:
             yield

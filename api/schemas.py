@@ -1,13 +1,22 @@
-"""Request and response bodies of the public API (kept apart from the domain and storage models)."""
+"""Request and response bodies of the public API (kept apart from the domain and storage models).
+
+The order's response models mirror the domain's view field for field today, but they are the API's
+own: the domain view is the workflow's state (in its history) and the read model's JSON, and it may
+change without the public contract changing, or the other way round. Each is named like the OpenAPI
+component clients generated their code from, which is also the name of its domain counterpart;
+inside ``api`` the domain's are spelled ``domain.X``. A route answers ``OrderView.of(view)``.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
-from core.domain import Address, CarrierEventKind, OrderView, ReviewDecision, Text
+from core import domain
+from core.domain import Address, CarrierEventKind, FailureReason, OrderStatus, ReviewDecision, Text
 from core.domain.countries import ISO_3166_ALPHA2
 
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
@@ -88,6 +97,61 @@ class CarrierEventBody(_Body):
     tracking_number: Annotated[str, Text(min_length=1, max_length=64)]
     event: CarrierEventKind
     occurred_at: datetime
+
+
+class _Public(BaseModel):
+    # Built from the domain's objects by attribute, so only the fields declared here are published;
+    # extra="forbid" keeps ``additionalProperties: false`` in the published schema.
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+
+class OrderLine(_Public):
+    sku: str
+    quantity: int
+    unit_price: int
+
+
+class StatusChange(_Public):
+    status: OrderStatus
+    at: datetime
+    note: str | None = None
+
+
+class CarrierEvent(_Public):
+    event: CarrierEventKind
+    occurred_at: datetime
+
+
+class ReviewRecord(_Public):
+    decision: ReviewDecision
+    note: str | None = None
+    reviewer: str
+    at: datetime
+
+
+class OrderView(_Public):
+    """An order: its lines and total, where it is, how it got there, and where it ships."""
+
+    id: UUID
+    customer_id: str
+    status: OrderStatus
+    failure_reason: FailureReason | None = None
+    items: list[OrderLine]
+    total: int
+    currency: str
+    shipping_address: Address
+    tracking_number: str | None = None
+    history: list[StatusChange]
+    created_at: datetime
+    updated_at: datetime
+    review: ReviewRecord | None = None
+    carrier_events: list[CarrierEvent] = []
+    cancel_requested: bool = False
+
+    @classmethod
+    def of(cls, view: domain.OrderView) -> OrderView:
+        """The public body of the domain's view of an order."""
+        return cls.model_validate(view, from_attributes=True)
 
 
 class OrderList(BaseModel):

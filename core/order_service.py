@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import (
     Client,
-    WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
@@ -34,8 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.config import Settings
 from core.db.catalog import Catalog
 from core.db.idempotency import IdempotencyStore
-from core.db.read_model import OrderPage, OrderReadModel, order_row
-from core.db.tables import order_events, orders
+from core.db.read_model import OrderPage, OrderReadModel
 from core.domain import (
     ORDER_WORKFLOW,
     SIGNAL_CARRIER_EVENT,
@@ -58,13 +55,13 @@ from core.domain import (
     OrderStatus,
     OrderView,
     ReviewRequest,
-    StatusChange,
     UnknownSkus,
     UnstorableValue,
     order_id_for_key,
     order_workflow_id,
 )
 from core.search_attributes import order_search_attributes, order_static_details, order_static_summary
+from core.temporal import TemporalConnection
 
 log = structlog.get_logger(__name__)
 
@@ -123,10 +120,10 @@ class Submission:
 
 
 class OrderService:
-    def __init__(self, settings: Settings, engine: AsyncEngine, client: Client) -> None:
+    def __init__(self, settings: Settings, engine: AsyncEngine, temporal: TemporalConnection) -> None:
         self._settings = settings
         self._engine = engine
-        self._client = client
+        self._temporal_connection = temporal
         self._catalog = Catalog(engine)
         self._read_model = OrderReadModel(engine)
         self._rpc_timeout = timedelta(seconds=settings.temporal_rpc_timeout_s)
@@ -143,7 +140,7 @@ class OrderService:
         """
         request_hash = order.canonical_hash()
         now = datetime.now(UTC)
-        view = await self._price(caller, order, now)
+        lines, currency = await self._price(order)
         try:
             async with self._engine.begin() as conn:
                 store = IdempotencyStore(conn, caller.subject, SUBMIT_ROUTE)
@@ -155,15 +152,19 @@ class OrderService:
                     timedelta(seconds=self._settings.idempotency_retention_s),
                 )
                 if claimed:
-                    view.id = order_id
-                    body = view.model_dump(mode="json")
-                    await store.save_response(idempotency_key, 202, body)
-                    await conn.execute(insert(orders).values(**order_row(view, seq=1)).on_conflict_do_nothing())
-                    await conn.execute(
-                        insert(order_events)
-                        .values(order_id=order_id, seq=1, status=OrderStatus.RECEIVED.value, at=now)
-                        .on_conflict_do_nothing()
+                    view = OrderView.received(
+                        order_id=order_id,
+                        customer_id=caller.subject,
+                        items=lines,
+                        total=sum(line.quantity * line.unit_price for line in lines),
+                        currency=currency,
+                        shipping_address=order.shipping_address,
+                        at=now,
                     )
+                    # The view as the domain has it: a replay rebuilds it to restart the workflow,
+                    # and the gateway maps it to its public body every time, the first one too.
+                    await store.save_response(idempotency_key, 202, view.model_dump(mode="json"))
+                    await self._read_model.insert_received(conn, view)
                 else:
                     record = await store.load(idempotency_key)
                     assert record is not None  # claim() found it under the same transaction
@@ -185,7 +186,8 @@ class OrderService:
         log.info("order accepted", order_id=str(view.id), replayed=not claimed)
         return Submission(view=view, replayed=not claimed)
 
-    async def _price(self, caller: Caller, order: NewOrder, now: datetime) -> OrderView:
+    async def _price(self, order: NewOrder) -> tuple[list[OrderLine], str]:
+        """The order's lines at today's catalogue prices, and their one currency."""
         skus = [sku for sku, _ in order.items]
         try:
             prices = await self._catalog.prices(skus)
@@ -198,18 +200,7 @@ class OrderService:
         if len(currencies) != 1:
             raise MixedCurrencies("all items of one order must be priced in the same currency")
         lines = [OrderLine(sku=sku, quantity=quantity, unit_price=prices[sku][0]) for sku, quantity in order.items]
-        return OrderView(
-            id=uuid.UUID(int=0),
-            customer_id=caller.subject,
-            status=OrderStatus.RECEIVED,
-            items=lines,
-            total=sum(line.quantity * line.unit_price for line in lines),
-            currency=currencies.pop(),
-            shipping_address=order.shipping_address,
-            history=[StatusChange(status=OrderStatus.RECEIVED, at=now)],
-            created_at=now,
-            updated_at=now,
-        )
+        return lines, currencies.pop()
 
     async def _start_workflow(self, view: OrderView, payment_token: str) -> None:
         settings = self._settings
@@ -226,9 +217,10 @@ class OrderService:
             review_timeout_s=settings.review_timeout_s,
             delivery_deadline_s=settings.delivery_deadline_s,
         )
+        client = await self._client()
         try:
             await self._temporal(
-                self._client.start_workflow(
+                client.start_workflow(
                     ORDER_WORKFLOW,
                     order_input,
                     id=order_workflow_id(view.id),
@@ -253,7 +245,7 @@ class OrderService:
         try:
             async with self._engine.begin() as conn:
                 await IdempotencyStore(conn, caller.subject, SUBMIT_ROUTE).forget(idempotency_key)
-                await conn.execute(orders.delete().where((orders.c.id == order_id) & (orders.c.seq == 1)))
+                await self._read_model.forget_received(conn, order_id)
         except DB_ERRORS:
             log.warning("could not forget an unstarted submission", order_id=str(order_id))
 
@@ -321,7 +313,7 @@ class OrderService:
             raise database_error(error) from error
         if view is None:
             raise OrderNotFound(f"unknown tracking number {signal.tracking_number}")
-        handle = self._client.get_workflow_handle(order_workflow_id(view.id))
+        handle = (await self._client()).get_workflow_handle(order_workflow_id(view.id))
         try:
             await self._temporal(handle.signal(SIGNAL_CARRIER_EVENT, signal, rpc_timeout=self._rpc_timeout))
         except RPCError as error:
@@ -329,24 +321,23 @@ class OrderService:
                 return  # the order already ended; a late or repeated event changes nothing
             raise DependencyUnavailable("workflow service") from error
 
+    async def _client(self) -> Client:
+        """The connected Temporal client; DependencyUnavailable when it cannot connect now."""
+        return await self._temporal_connection.client()
+
     async def _temporal(self, call):
         """Await one call to Temporal within a hard deadline (so no request hangs, whatever the
-        client's own retries do); an unreachable server becomes DependencyUnavailable."""
+        client's own retries do); a call that does not finish in time becomes DependencyUnavailable."""
         try:
             return await asyncio.wait_for(call, self._settings.temporal_rpc_timeout_s + 1.0)
         except TimeoutError as error:
             raise DependencyUnavailable("workflow service") from error
-        except RuntimeError as error:
-            # A lazy client that cannot connect raises RuntimeError("Failed client connect: ...").
-            if "client connect" in str(error):
-                raise DependencyUnavailable("workflow service") from error
-            raise
 
     async def _update(self, view: OrderView, name: str, request, update_id: str | None = None) -> OrderView | None:
         """Run an update; None when the workflow has already ended. Validator refusals -> InvalidOrderState."""
         if view.status.is_terminal:
             return None
-        handle: WorkflowHandle = self._client.get_workflow_handle(order_workflow_id(view.id))
+        handle = (await self._client()).get_workflow_handle(order_workflow_id(view.id))
         try:
             try:
                 update = await self._temporal(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from datetime import timedelta
+from typing import Any
 
+import structlog
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
@@ -12,8 +14,11 @@ from temporalio.service import RetryConfig, TLSConfig
 
 from core.codec import EncryptionCodec, parse_keys
 from core.config import Settings
+from core.domain import DependencyUnavailable
 from core.metrics import worker_runtime
 from core.tracing import client_interceptors
+
+log = structlog.get_logger(__name__)
 
 
 def payload_codec(settings: Settings) -> EncryptionCodec:
@@ -48,25 +53,68 @@ def _tls(settings: Settings) -> TLSConfig | bool:
     )
 
 
-async def connect_client(settings: Settings, *, lazy: bool = False, for_worker: bool = False) -> Client:
+def _connect_options(settings: Settings, *, for_worker: bool = False) -> dict[str, Any]:
+    return {
+        "target_host": settings.temporal_address,
+        "namespace": settings.temporal_namespace,
+        "data_converter": data_converter(settings),
+        "tls": _tls(settings),
+        "api_key": settings.temporal_api_key,
+        "interceptors": client_interceptors(),
+        "runtime": worker_runtime(settings) if for_worker else None,
+        "retry_config": RetryConfig(max_retries=3, max_elapsed_time_millis=int(settings.temporal_rpc_timeout_s * 1000)),
+    }
+
+
+async def connect_client(settings: Settings, *, for_worker: bool = False) -> Client:
     """Connect to Temporal with the platform's data converter.
 
-    ``lazy=True`` returns at once and connects on first use, so a gateway can start (and answer
-    503 from ``/readyz``) while Temporal is still down. ``for_worker=True`` serves the SDK's
-    Prometheus metrics on ``ORDERS_WORKER_METRICS_PORT`` (when set).
+    ``for_worker=True`` serves the SDK's Prometheus metrics on ``ORDERS_WORKER_METRICS_PORT``
+    (when set). The gateway connects through :class:`TemporalConnection` instead.
     """
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        data_converter=data_converter(settings),
-        tls=_tls(settings),
-        api_key=settings.temporal_api_key,
-        lazy=lazy,
-        interceptors=client_interceptors(),
-        runtime=worker_runtime(settings) if for_worker else None,
-        retry_config=RetryConfig(max_retries=3, max_elapsed_time_millis=int(settings.temporal_rpc_timeout_s * 1000)),
-    )
+    return await Client.connect(**_connect_options(settings, for_worker=for_worker))
 
 
-def rpc_timeout(settings: Settings) -> timedelta:
-    return timedelta(seconds=settings.temporal_rpc_timeout_s)
+class TemporalConnection:
+    """The gateway's Temporal client, connected on first use and then kept.
+
+    The gateway must start, and answer 503, while Temporal is down, so nothing connects at startup.
+    The SDK's lazy client would connect inside the first call and report a failure only as an
+    untyped ``RuntimeError`` (its text is all that tells it apart); here the connection is made
+    on its own, within ``temporal_rpc_timeout_s``, and a failure is :class:`DependencyUnavailable`.
+    Concurrent first calls share one attempt; after a failed attempt the next call tries again.
+    """
+
+    def __init__(self, settings: Settings, client: Client | None = None) -> None:
+        """``client``: one already connected (tests, or a composition root that connected itself).
+        The connection's options (codec keys, TLS files) are read here, so a misconfigured gateway
+        fails at startup rather than at its first order."""
+        self._settings = settings
+        self._options = _connect_options(settings) if client is None else {}
+        self._client = client
+        self._attempt: asyncio.Task[Client] | None = None
+
+    async def client(self) -> Client:
+        """The connected client; raises DependencyUnavailable when Temporal cannot be reached now."""
+        if self._client is not None:
+            return self._client
+        if self._attempt is None:
+            self._attempt = asyncio.ensure_future(self._connect())
+            self._attempt.add_done_callback(self._attempt_done)
+        # Shielded: a caller that gives up (its request timed out) does not cancel the others' attempt.
+        return await asyncio.shield(self._attempt)
+
+    async def _connect(self) -> Client:
+        settings = self._settings
+        try:
+            return await asyncio.wait_for(Client.connect(**self._options), settings.temporal_rpc_timeout_s)
+        except (RuntimeError, TimeoutError) as error:
+            # Client.connect reports every way of not connecting (refused, TLS handshake, the first
+            # get_system_info call) as RuntimeError, and nothing but the connecting runs here.
+            log.warning("cannot connect to Temporal", address=settings.temporal_address, error=str(error))
+            raise DependencyUnavailable("workflow service") from error
+
+    def _attempt_done(self, attempt: asyncio.Task[Client]) -> None:
+        self._attempt = None
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._client = attempt.result()

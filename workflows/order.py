@@ -93,17 +93,14 @@ class OrderWorkflow:
     @workflow.init
     def __init__(self, order: OrderInput) -> None:
         self._order = order
-        self._view = OrderView(
-            id=order.order_id,
+        self._view = OrderView.received(
+            order_id=order.order_id,
             customer_id=order.customer_id,
-            status=OrderStatus.RECEIVED,
             items=order.lines,
             total=order.total,
             currency=order.currency,
             shipping_address=order.shipping_address,
-            history=[StatusChange(status=OrderStatus.RECEIVED, at=order.created_at)],
-            created_at=order.created_at,
-            updated_at=order.created_at,
+            at=order.created_at,
         )
         self._seq = 1
         self._cancel: CancelRequest | None = None

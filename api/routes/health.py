@@ -33,7 +33,8 @@ async def readyz(request: Request):
             await conn.execute(text("SELECT 1"))
 
     async def temporal() -> None:
-        await request.app.state.temporal.service_client.check_health()
+        client = await request.app.state.temporal.client()
+        await client.service_client.check_health()
 
     for name, probe in (("database", database), ("temporal", temporal)):
         try:

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Header, Query, Response
 from api.deps import Customer, CustomerOrOperator, Operator, Service
 from api.errors import ApiProblem
 from api.openapi import problems
-from api.schemas import CancelBody, Cursor, CustomerId, OrderCreate, OrderList, ReviewBody, ShippingAddress
-from core.domain import OrderStatus, OrderView
+from api.schemas import CancelBody, Cursor, CustomerId, OrderCreate, OrderList, OrderView, ReviewBody, ShippingAddress
+from core.domain import OrderStatus
 from core.order_service import NewOrder
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
@@ -118,7 +118,7 @@ async def submit_order(
     response.headers["Location"] = f"/v1/orders/{submission.view.id}"
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return submission.view
+    return OrderView.of(submission.view)
 
 
 @router.get("", response_model=OrderList, summary="List orders, newest first", responses=_READ)
@@ -133,12 +133,12 @@ async def list_orders(
     if customer_id is not None and not caller.is_operator:
         raise ApiProblem(403, "Forbidden", "only operators filter by customer", slug="forbidden")
     page = await service.list(caller, limit=limit, cursor=cursor, status=status, customer_id=customer_id)
-    return OrderList(items=page.items, next_cursor=page.next_cursor)
+    return OrderList(items=[OrderView.of(view) for view in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/{order_id}", response_model=OrderView, summary="Read an order", responses=_ONE)
 async def get_order(order_id: uuid.UUID, caller: CustomerOrOperator, service: Service) -> OrderView:
-    return await service.get(caller, order_id)
+    return OrderView.of(await service.get(caller, order_id))
 
 
 @router.post(
@@ -150,7 +150,7 @@ async def get_order(order_id: uuid.UUID, caller: CustomerOrOperator, service: Se
 async def cancel_order(
     order_id: uuid.UUID, body: CancelBody, caller: CustomerOrOperator, service: Service
 ) -> OrderView:
-    return await service.cancel(caller, order_id, body.reason)
+    return OrderView.of(await service.cancel(caller, order_id, body.reason))
 
 
 @router.put(
@@ -162,7 +162,7 @@ async def cancel_order(
 async def change_shipping_address(
     order_id: uuid.UUID, body: ShippingAddress, caller: CustomerOrOperator, service: Service
 ) -> OrderView:
-    return await service.change_shipping_address(caller, order_id, body.to_domain())
+    return OrderView.of(await service.change_shipping_address(caller, order_id, body.to_domain()))
 
 
 @router.post(
@@ -172,4 +172,4 @@ async def change_shipping_address(
     responses={**_ACTION, **problems(409, _409="Not awaiting review (or decided otherwise)")},
 )
 async def review_order(order_id: uuid.UUID, body: ReviewBody, caller: Operator, service: Service) -> OrderView:
-    return await service.review(caller, order_id, body.decision, body.note)
+    return OrderView.of(await service.review(caller, order_id, body.decision, body.note))

@@ -1,4 +1,11 @@
-"""Reads of the order read model (projected by the workflows), with keyset pagination."""
+"""The order read model: every read and write of ``orders`` and ``order_events`` (and the tracking
+events kept beside a row) goes through :class:`OrderReadModel`.
+
+Three writers feed it: the gateway's ``received`` row, written in the same transaction as the
+Idempotency-Key claim (:meth:`OrderReadModel.insert_received`); the workflow's projection at every
+transition (:meth:`OrderReadModel.project`); and the tracking-only carrier events the gateway
+records without a workflow (:meth:`OrderReadModel.record_tracking`). Reads are keyset-paginated.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, func, literal, or_, select, update
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from core.db.tables import orders
+from core.db.tables import order_events, orders
 from core.domain import CarrierEvent, OrderStatus, OrderView
 
 
@@ -31,6 +38,14 @@ def order_row(view: OrderView, seq: int) -> dict:
         "created_at": view.created_at,
         "updated_at": view.updated_at,
     }
+
+
+def _event_rows(view: OrderView) -> list[dict]:
+    """The ``order_events`` rows of a view: its history, numbered from 1."""
+    return [
+        {"order_id": view.id, "seq": index + 1, "status": change.status.value, "note": change.note, "at": change.at}
+        for index, change in enumerate(view.history)
+    ]
 
 
 def with_tracking(view: dict, tracking: dict | None) -> OrderView:
@@ -74,10 +89,37 @@ class OrderReadModel:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def get(self, order_id: uuid.UUID) -> OrderView | None:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(select(orders.c.view, orders.c.tracking).where(orders.c.id == order_id))).first()
-        return with_tracking(row.view, row.tracking) if row is not None else None
+    # --- writes -------------------------------------------------------------------------------
+
+    @staticmethod
+    async def insert_received(conn: AsyncConnection, view: OrderView) -> None:
+        """Write a just-accepted order (seq 1) and its ``received`` event inside the caller's
+        transaction, so the row commits together with the Idempotency-Key claim. A row that is
+        already there (a retry, or a projection that got ahead) is left as it is."""
+        await conn.execute(insert(orders).values(**order_row(view, seq=1)).on_conflict_do_nothing())
+        await conn.execute(insert(order_events).values(_event_rows(view)).on_conflict_do_nothing())
+
+    @staticmethod
+    async def forget_received(conn: AsyncConnection, order_id: uuid.UUID) -> None:
+        """Remove an order that was accepted but never started (its events go with it), unless a
+        projection has already moved it past seq 1."""
+        await conn.execute(orders.delete().where((orders.c.id == order_id) & (orders.c.seq == 1)))
+
+    async def project(self, seq: int, view: OrderView) -> None:
+        """Write transition number ``seq`` of an order. Idempotent and monotonic: the row only moves
+        forward to a higher ``seq`` (a retried or late write never rolls it back), and history
+        entries already written are kept."""
+        row = order_row(view, seq)
+        async with self._engine.begin() as conn:
+            statement = insert(orders).values(**row)
+            await conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[orders.c.id],
+                    set_={k: statement.excluded[k] for k in row if k not in {"id", "created_at"}},
+                    where=orders.c.seq < statement.excluded.seq,
+                )
+            )
+            await conn.execute(insert(order_events).values(_event_rows(view)).on_conflict_do_nothing())
 
     async def record_tracking(self, tracking_number: str, event: CarrierEvent) -> uuid.UUID | None:
         """Keep a tracking-only carrier event of the order with this tracking number (the first
@@ -92,6 +134,13 @@ class OrderReadModel:
                     .returning(orders.c.id)
                 )
             ).scalar_one_or_none()
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def get(self, order_id: uuid.UUID) -> OrderView | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(orders.c.view, orders.c.tracking).where(orders.c.id == order_id))).first()
+        return with_tracking(row.view, row.tracking) if row is not None else None
 
     async def find_by_tracking_number(self, tracking_number: str) -> OrderView | None:
         async with self._engine.connect() as conn:

@@ -153,7 +153,8 @@ class CarrierEventSignal(_Model):
 
 
 class OrderView(_Model):
-    """The whole order as the workflow knows it; also what the read model stores."""
+    """The whole order as the workflow knows it (its state, in its history); also what the read
+    model stores. The API publishes its own response model, mapped from this one."""
 
     id: uuid.UUID
     customer_id: str
@@ -170,6 +171,37 @@ class OrderView(_Model):
     review: ReviewRecord | None = None
     carrier_events: list[CarrierEvent] = []
     cancel_requested: bool = False
+
+    @classmethod
+    def received(
+        cls,
+        *,
+        order_id: uuid.UUID,
+        customer_id: str,
+        items: list[OrderLine],
+        total: int,
+        currency: str,
+        shipping_address: Address,
+        at: datetime,
+    ) -> OrderView:
+        """A just-accepted order: status ``received``, one history entry, created and updated ``at``.
+
+        The one place the first view is built, by the gateway (the body of the 202 and the first
+        read-model row) and by the workflow (its initial state), so both start from the same view.
+        Pure: the time is an argument, so the workflow passes its input's ``created_at``.
+        """
+        return cls(
+            id=order_id,
+            customer_id=customer_id,
+            status=OrderStatus.RECEIVED,
+            items=items,
+            total=total,
+            currency=currency,
+            shipping_address=shipping_address,
+            history=[StatusChange(status=OrderStatus.RECEIVED, at=at)],
+            created_at=at,
+            updated_at=at,
+        )
 
 
 # --- activity inputs and results ---------------------------------------------------------------

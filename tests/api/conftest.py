@@ -1,5 +1,5 @@
 """Pure-gateway tests: the app in process (httpx.ASGITransport), real PostgreSQL, and a Temporal
-client that points at a closed port — these rules must hold before any workflow is involved.
+address where nothing listens — these rules must hold before any workflow is involved.
 Rules that need a running order use the integration fixtures (tests/integration/test_gateway_*)."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from asgi_lifespan import LifespanManager
 
 from api.app import create_app
 from core.config import Settings
-from core.temporal import connect_client
 from core.tokens import mint_token
 from devstack.processes import free_port
 
@@ -23,20 +22,20 @@ PEER = ("203.0.113.7", 40000)
 
 
 @pytest.fixture(scope="session")
-async def unreachable_temporal(settings):
-    """A lazy client whose server never answers (connection refused)."""
-    dead = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}", "temporal_rpc_timeout_s": 1.0})
-    return await connect_client(dead, lazy=True)
+def unreachable_temporal() -> str:
+    """A Temporal address whose connections are refused."""
+    return f"127.0.0.1:{free_port()}"
 
 
 @pytest.fixture
 def gateway_client(settings, engine, unreachable_temporal):
-    """``async with gateway_client(**setting_overrides) as http:`` — a fresh app per use."""
+    """``async with gateway_client(**setting_overrides) as http:`` — a fresh app per use; without
+    ``client=`` (a connected Temporal client) the app's Temporal is unreachable."""
 
     @asynccontextmanager
     async def make(*, client=None, peer=PEER, app_hook=None, db_engine=None, **overrides):
-        app_settings = settings.model_copy(update=overrides) if overrides else settings
-        app = create_app(app_settings, engine=db_engine or engine, client=client or unreachable_temporal)
+        app_settings = settings.model_copy(update={"temporal_address": unreachable_temporal, **overrides})
+        app = create_app(app_settings, engine=db_engine or engine, client=client)
         if app_hook is not None:
             app_hook(app)
         async with LifespanManager(app):

@@ -19,6 +19,7 @@ from api.app import create_app
 from core.db.tables import idempotency_keys, orders
 from core.domain import order_workflow_id
 from core.order_service import OrderService
+from core.temporal import TemporalConnection
 from core.webhooks import sign_webhook
 from tests.harness import random_ref, wait_for
 from tests.integration.conftest import auth
@@ -133,7 +134,7 @@ async def test_a_crash_between_accepting_and_starting_is_healed_by_the_retry(
     body = order_body(sku)
     app = create_app(it_settings, engine=engine, client=temporal_client)
     async with LifespanManager(app):
-        app.state.service = _CrashBeforeStart(it_settings, engine, temporal_client)
+        app.state.service = _CrashBeforeStart(it_settings, engine, TemporalConnection(it_settings, temporal_client))
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://crashing") as crashing:
             try:
@@ -247,7 +248,7 @@ async def test_an_update_no_worker_accepts_in_time_is_a_503_never_a_false_200(en
     unattended = it_settings.model_copy(
         update={"task_queue": f"nobody-{uuid.uuid4().hex[:6]}", "temporal_rpc_timeout_s": 1.0}
     )
-    service = OrderService(unattended, engine, temporal_client)
+    service = OrderService(unattended, engine, TemporalConnection(unattended, temporal_client))
     customer = Caller(subject=random_ref("hugo"), role="customer")
     submitted = await service.submit(
         customer,

@@ -1,4 +1,4 @@
-"""Pure domain rules: statuses, ids, keys, addresses, cursors."""
+"""Pure domain rules: statuses, ids, keys, addresses, cursors, the first view and its public body."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from pydantic import ValidationError
 from core.db.read_model import InvalidCursor, decode_cursor, encode_cursor
 from core.domain import (
     Address,
+    CarrierEvent,
+    CarrierEventKind,
+    OrderLine,
     OrderStatus,
+    OrderView,
+    ReviewDecision,
+    ReviewRecord,
+    StatusChange,
     activity_task_queue,
     order_id_for_key,
     order_id_from_workflow_id,
@@ -109,3 +116,59 @@ def test_reads_merge_the_tracking_events_recorded_beside_the_projected_view():
         "delivered",
     ]
     assert with_tracking(view, {}).carrier_events == with_tracking(view, None).carrier_events
+
+
+def _received(at: datetime) -> OrderView:
+    from tests.support import ADDRESS
+
+    return OrderView.received(
+        order_id=uuid.UUID("3f0a8a4e-5b8e-5c55-9a61-7f5f2f0f8a11"),
+        customer_id="alice",
+        items=[OrderLine(sku="MUG-WHT", quantity=2, unit_price=1299)],
+        total=2598,
+        currency="EUR",
+        shipping_address=ADDRESS,
+        at=at,
+    )
+
+
+def test_a_received_order_starts_with_one_history_entry_at_the_given_time():
+    at = datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC)
+    view = _received(at)
+    assert view.status == OrderStatus.RECEIVED and view.failure_reason is None
+    assert view.history == [StatusChange(status=OrderStatus.RECEIVED, at=at)]
+    assert view.created_at == view.updated_at == at
+    assert (view.tracking_number, view.review, view.carrier_events, view.cancel_requested) == (None, None, [], False)
+    # Pure: the workflow builds its first state with it, so the same input gives the same view.
+    assert _received(at) == view and _received(at).history is not view.history
+
+
+def test_the_public_order_is_byte_for_byte_what_clients_got_before_the_split():
+    """The 202 body stored for Idempotency-Key replays is the domain view's JSON (as it was before
+    the API had a model of its own): it must still read back and answer the same bytes."""
+    from api.schemas import OrderView as PublicOrder
+
+    view = _received(datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC))
+    view.review = ReviewRecord(decision=ReviewDecision.APPROVE, reviewer="olga", at=view.created_at)
+    view.carrier_events = [CarrierEvent(event=CarrierEventKind.PICKED_UP, occurred_at=view.created_at)]
+    stored = view.model_dump(mode="json")  # what the idempotency table and the read model hold
+    replayed = OrderView.model_validate(stored)
+    assert PublicOrder.of(replayed).model_dump_json() == view.model_dump_json()
+    assert list(PublicOrder.model_fields) == list(OrderView.model_fields)
+
+
+def test_the_public_order_publishes_only_its_own_fields():
+    """A field the workflow adds to its view (at any depth) stays out of the API's answers."""
+    from api.schemas import OrderView as PublicOrder
+
+    class InternalLine(OrderLine):
+        warehouse: str = "B-12"
+
+    class InternalView(OrderView):
+        fraud_score: float = 0.93
+
+    view = _received(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
+    internal = InternalView(**{**dict(view), "items": [InternalLine(**dict(line)) for line in view.items]})
+    body = PublicOrder.of(internal).model_dump(mode="json")
+    assert "fraud_score" not in body and "warehouse" not in body["items"][0]
+    assert body == PublicOrder.of(view).model_dump(mode="json") == view.model_dump(mode="json")

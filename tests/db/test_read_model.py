@@ -1,0 +1,121 @@
+"""The read model's writers, against real PostgreSQL: the gateway's `received` row inside its own
+transaction, the workflow's projections (idempotent, monotonic by seq) and tracking-only events."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from core.db.read_model import OrderReadModel
+from core.db.tables import order_events, orders
+from core.domain import CarrierEvent, CarrierEventKind, OrderLine, OrderStatus, OrderView, StatusChange
+from tests.harness import random_ref
+from tests.support import ADDRESS
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def received() -> OrderView:
+    return OrderView.received(
+        order_id=uuid.uuid4(),
+        customer_id=random_ref("rm").lower(),
+        items=[OrderLine(sku="MUG-WHT", quantity=1, unit_price=1299)],
+        total=1299,
+        currency="EUR",
+        shipping_address=ADDRESS,
+        at=T0,
+    )
+
+
+def advanced(view: OrderView, *statuses: OrderStatus) -> OrderView:
+    later = view.model_copy(deep=True)
+    for minutes, status in enumerate(statuses, start=1):
+        later.status, later.updated_at = status, T0 + timedelta(minutes=minutes)
+        later.history.append(StatusChange(status=status, at=later.updated_at))
+    return later
+
+
+async def stored(engine, order_id: uuid.UUID) -> tuple[tuple[int | None, str | None], list[tuple[int, str]]]:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(orders.c.seq, orders.c.status).where(orders.c.id == order_id))).first()
+        events = (
+            await conn.execute(
+                select(order_events.c.seq, order_events.c.status)
+                .where(order_events.c.order_id == order_id)
+                .order_by(order_events.c.seq)
+            )
+        ).all()
+    return (row.seq, row.status) if row else (None, None), [tuple(event) for event in events]
+
+
+async def test_the_received_row_commits_or_rolls_back_with_the_callers_transaction(engine):
+    read_model, view = OrderReadModel(engine), received()
+
+    class Abort(Exception):
+        pass
+
+    try:
+        async with engine.begin() as conn:
+            await read_model.insert_received(conn, view)
+            raise Abort
+    except Abort:
+        pass
+    assert await stored(engine, view.id) == ((None, None), [])
+
+    async with engine.begin() as conn:
+        await read_model.insert_received(conn, view)
+        await read_model.insert_received(conn, view)  # a retry changes nothing
+    assert await stored(engine, view.id) == ((1, "received"), [(1, "received")])
+    assert await read_model.get(view.id) == view
+
+
+async def test_projections_only_move_forward_and_keep_the_history(engine):
+    read_model, view = OrderReadModel(engine), received()
+    async with engine.begin() as conn:
+        await read_model.insert_received(conn, view)
+    reserved = advanced(view, OrderStatus.STOCK_RESERVED)
+    authorized = advanced(view, OrderStatus.STOCK_RESERVED, OrderStatus.PAYMENT_AUTHORIZED)
+
+    await read_model.project(3, authorized)
+    await read_model.project(2, reserved)  # late: a retried local activity
+    await read_model.project(3, authorized)  # repeated
+    async with engine.begin() as conn:
+        await read_model.insert_received(conn, view)  # the gateway's retry after the workflow moved on
+    assert await stored(engine, view.id) == (
+        (3, "payment_authorized"),
+        [(1, "received"), (2, "stock_reserved"), (3, "payment_authorized")],
+    )
+    assert await read_model.get(view.id) == authorized
+
+    # Forgetting an unstarted submission never removes an order a workflow has projected.
+    async with engine.begin() as conn:
+        await read_model.forget_received(conn, view.id)
+    assert (await stored(engine, view.id))[0] == (3, "payment_authorized")
+
+
+async def test_forgetting_an_unstarted_submission_removes_its_row_and_events(engine):
+    read_model, view = OrderReadModel(engine), received()
+    async with engine.begin() as conn:
+        await read_model.insert_received(conn, view)
+    async with engine.begin() as conn:
+        await read_model.forget_received(conn, view.id)
+    assert await stored(engine, view.id) == ((None, None), [])
+
+
+async def test_tracking_events_sit_beside_the_projection_and_survive_it(engine):
+    read_model, view = OrderReadModel(engine), received()
+    tracking_number = random_ref("TRK")
+    shipped = advanced(view, OrderStatus.STOCK_RESERVED, OrderStatus.PAYMENT_AUTHORIZED, OrderStatus.SHIPPED)
+    shipped.tracking_number = tracking_number
+    picked_up = CarrierEvent(event=CarrierEventKind.PICKED_UP, occurred_at=T0 + timedelta(hours=1))
+
+    assert await read_model.record_tracking(tracking_number, picked_up) is None  # nobody has it yet
+    await read_model.project(4, shipped)
+    assert await read_model.record_tracking(tracking_number, picked_up) == view.id
+    later = picked_up.model_copy(update={"occurred_at": T0 + timedelta(hours=5)})
+    assert await read_model.record_tracking(tracking_number, later) == view.id  # the first report wins
+    await read_model.project(5, advanced(shipped, OrderStatus.COMPLETED))
+    assert (await read_model.get(view.id)).carrier_events == [picked_up]
+    assert await read_model.find_by_tracking_number(tracking_number) == advanced(shipped, OrderStatus.COMPLETED)
