@@ -6,11 +6,11 @@ import uuid
 from datetime import UTC, datetime
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db.catalog import upsert_products
-from core.db.tables import stock, stock_reservations
+from core.db.tables import stock_reservations, warehouse_stock
 from core.domain import Address, OrderInput, OrderLine
 from tests.harness import random_ref
 
@@ -50,9 +50,25 @@ def order_input(
 
 
 async def stock_of(engine: AsyncEngine, sku: str) -> tuple[int, int]:
+    """(on_hand, reserved) of ``sku`` summed over all warehouses."""
+    ws = warehouse_stock
     async with engine.connect() as conn:
-        row = (await conn.execute(select(stock.c.on_hand, stock.c.reserved).where(stock.c.sku == sku))).one()
-    return row.on_hand, row.reserved
+        row = (
+            await conn.execute(
+                select(func.sum(ws.c.on_hand).label("on_hand"), func.sum(ws.c.reserved).label("reserved")).where(
+                    ws.c.sku == sku
+                )
+            )
+        ).one()
+    return int(row.on_hand), int(row.reserved)
+
+
+async def stock_by_warehouse(engine: AsyncEngine, sku: str) -> dict[str, tuple[int, int]]:
+    """warehouse -> (on_hand, reserved) of ``sku``."""
+    ws = warehouse_stock
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(ws.c.warehouse_id, ws.c.on_hand, ws.c.reserved).where(ws.c.sku == sku))).all()
+    return {row.warehouse_id: (row.on_hand, row.reserved) for row in rows}
 
 
 async def reservation_states(engine: AsyncEngine, order_id: uuid.UUID) -> dict[str, str]:

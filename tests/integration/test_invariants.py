@@ -10,7 +10,7 @@ from sqlalchemy import delete, insert, update
 
 from bench.invariants import InvariantChecker
 from core.db.read_model import order_row
-from core.db.tables import orders, stock, stock_reservations
+from core.db.tables import DEFAULT_WAREHOUSE, orders, stock_reservations, warehouse_stock
 from core.domain import OrderView
 from tests.harness import random_ref, wait_for
 from tests.integration.conftest import auth
@@ -64,7 +64,7 @@ async def test_the_checker_catches_a_leaked_reservation_and_a_lost_order(
             .where(stock_reservations.c.order_id == leaked)
             .values(state="reserved", updated_at=now)
         )
-        await conn.execute(update(stock).where(stock.c.sku == sku).values(reserved=stock.c.reserved + 1))
+        await conn.execute(_in_default(sku).values(reserved=warehouse_stock.c.reserved + 1))
     report = await checker.check([leaked], initial_stock={sku: 5})
     failed = {check.name[0] for check in report.checks if not check.ok}
     assert failed == {"4"} and "still holds" in report.table()
@@ -85,10 +85,16 @@ async def test_the_checker_catches_a_leaked_reservation_and_a_lost_order(
             await conn.execute(
                 update(stock_reservations).where(stock_reservations.c.order_id == leaked).values(state="released")
             )
-            await conn.execute(update(stock).where(stock.c.sku == sku).values(reserved=stock.c.reserved - 1))
+            await conn.execute(_in_default(sku).values(reserved=warehouse_stock.c.reserved - 1))
             await conn.execute(delete(orders).where(orders.c.id == ghost))
     await wait_for(lambda: _ok(checker, leaked, sku), timeout=5, what="invariants restored")
 
 
 async def _ok(checker, order_id, sku):
     return (await checker.check([order_id], initial_stock={sku: 5})).ok
+
+
+def _in_default(sku: str):
+    return update(warehouse_stock).where(
+        warehouse_stock.c.warehouse_id == DEFAULT_WAREHOUSE, warehouse_stock.c.sku == sku
+    )
