@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime
 
 import httpx
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db.catalog import upsert_products
-from core.db.tables import stock_reservations, warehouse_stock
+from core.db.tables import stock_reservations, warehouse_stock, warehouses
 from core.domain import Address, OrderInput, OrderLine
 from tests.harness import random_ref
 
@@ -20,6 +22,23 @@ ADDRESS = Address(name="Ada Lovelace", line1="Unter den Linden 1", city="Berlin"
 async def new_sku(engine: AsyncEngine, *, price: int = 1_000, on_hand: int = 100) -> str:
     sku = random_ref("SKU")
     await upsert_products(engine, [(sku, f"test product {sku}", price, on_hand)])
+    return sku
+
+
+async def new_warehouses(engine, count: int) -> list[str]:
+    """Warehouses of this test, most preferred first (random preference bands: tests run side by side)."""
+    base = random.randrange(1_000, 2**30, 1_000)
+    ids = [random_ref("WH") for _ in range(count)]
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(warehouses), [{"id": w, "name": f"test {w}", "preference": base + n} for n, w in enumerate(ids)]
+        )
+    return ids
+
+
+async def stocked_sku(engine, spread: dict[str, int]) -> str:
+    sku = random_ref("SKU")
+    await upsert_products(engine, [(sku, f"test {sku}", 100, sum(spread.values()))], stock={sku: spread})
     return sku
 
 

@@ -4,37 +4,17 @@ reserved, released and committed per warehouse, retries, and concurrent orders t
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 from temporalio.exceptions import ApplicationError
 
 from activities.stock import StockActivities
-from core.db.catalog import upsert_products
-from core.db.tables import stock_reservations, warehouse_stock, warehouses
+from core.db.tables import stock_reservations, warehouse_stock
 from core.domain import ERR_OUT_OF_STOCK, OrderLine, StockAllocation, StockRelease, StockRequest
 from tests.harness import random_ref
-from tests.support import stock_by_warehouse
-
-
-async def new_warehouses(engine, count: int) -> list[str]:
-    """Warehouses of this test, most preferred first (random preference bands: tests run side by side)."""
-    base = random.randrange(1_000, 2**30, 1_000)
-    ids = [random_ref("WH") for _ in range(count)]
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert(warehouses), [{"id": w, "name": f"test {w}", "preference": base + n} for n, w in enumerate(ids)]
-        )
-    return ids
-
-
-async def stocked_sku(engine, spread: dict[str, int]) -> str:
-    sku = random_ref("SKU")
-    await upsert_products(engine, [(sku, f"test {sku}", 100, sum(spread.values()))], stock={sku: spread})
-    return sku
+from tests.support import new_warehouses, stock_by_warehouse, stocked_sku
 
 
 def request(*lines: tuple[str, int], allow_partial: bool = False) -> StockRequest:
