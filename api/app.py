@@ -15,7 +15,7 @@ from api.observability import install_observability
 from api.openapi import install_openapi
 from api.overload import LoadShedding
 from api.ratelimit import RateLimits
-from api.routes import carrier, catalog, codec, health, orders
+from api.routes import carrier, catalog, codec, health, orders, warehouses
 from core.config import Settings
 from core.db.engine import create_engine
 from core.order_service import OrderService
@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
     app.state.verifier = TokenVerifier(settings)
     install_error_handlers(app)
     install_openapi(app)
-    for router in (orders.router, catalog.router, carrier.router, health.router, codec.router):
+    for router in (orders.router, catalog.router, warehouses.router, carrier.router, health.router, codec.router):
         app.include_router(router)
     app.add_middleware(RateLimits, settings=settings)  # inside RequestGuards: 429s carry the request id
     # Before the rate limiter (shedding costs nothing), inside RequestGuards (503s carry the id).

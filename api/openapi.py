@@ -145,6 +145,17 @@ _EXAMPLES_BY_SCHEMA = {
         "items": [{"sku": "MUG-WHT", "name": "Mug, white", "unit_price": 1299, "currency": "EUR", "available": 42}],
         "next_cursor": None,
     },
+    "WarehouseList": {
+        "items": [
+            {
+                "id": "WH-MAIN",
+                "name": "Main warehouse",
+                "preference": 10,
+                "stock": [{"sku": "MUG-WHT", "on_hand": 50, "reserved": 8, "available": 42}],
+            }
+        ]
+    },
+    "StockLevelOut": {"sku": "MUG-WHT", "on_hand": 50, "reserved": 8, "available": 42},
     "Accepted": {"status": "accepted"},
     "Health": {"status": "ok", "checks": {"database": "ok", "temporal": "ok"}},
     "Problem": problem_example(503),

@@ -191,3 +191,30 @@ class Problem(BaseModel):
     instance: str | None = None
     request_id: str | None = None
     errors: list[dict] | None = None
+
+
+# --- warehouses (operators) --------------------------------------------------------------------
+
+WarehouseId = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class StockLevelOut(BaseModel):
+    sku: str
+    on_hand: int = Field(description="units in the warehouse, reserved ones included")
+    reserved: int = Field(description="units held for orders that have not shipped")
+    available: int = Field(description="on hand minus reserved")
+
+
+class WarehouseOut(BaseModel):
+    id: str
+    name: str
+    preference: int = Field(description="lower is preferred when the allocation rule has a choice")
+    stock: list[StockLevelOut]
+
+
+class WarehouseList(BaseModel):
+    items: list[WarehouseOut]
+
+
+class StockLevelIn(_Body):
+    on_hand: int = Field(ge=0, le=1_000_000_000, description="units in the warehouse; at least what is reserved")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db.catalog import upsert_products
-from core.db.tables import stock, stock_reservations
+from core.db.tables import stock_reservations, warehouse_stock, warehouses
 from core.domain import Address, OrderInput, OrderLine
 from tests.harness import random_ref
 
@@ -20,6 +22,23 @@ ADDRESS = Address(name="Ada Lovelace", line1="Unter den Linden 1", city="Berlin"
 async def new_sku(engine: AsyncEngine, *, price: int = 1_000, on_hand: int = 100) -> str:
     sku = random_ref("SKU")
     await upsert_products(engine, [(sku, f"test product {sku}", price, on_hand)])
+    return sku
+
+
+async def new_warehouses(engine, count: int) -> list[str]:
+    """Warehouses of this test, most preferred first (random preference bands: tests run side by side)."""
+    base = random.randrange(1_000, 2**30, 1_000)
+    ids = [random_ref("WH") for _ in range(count)]
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(warehouses), [{"id": w, "name": f"test {w}", "preference": base + n} for n, w in enumerate(ids)]
+        )
+    return ids
+
+
+async def stocked_sku(engine, spread: dict[str, int]) -> str:
+    sku = random_ref("SKU")
+    await upsert_products(engine, [(sku, f"test {sku}", 100, sum(spread.values()))], stock={sku: spread})
     return sku
 
 
@@ -50,9 +69,25 @@ def order_input(
 
 
 async def stock_of(engine: AsyncEngine, sku: str) -> tuple[int, int]:
+    """(on_hand, reserved) of ``sku`` summed over all warehouses."""
+    ws = warehouse_stock
     async with engine.connect() as conn:
-        row = (await conn.execute(select(stock.c.on_hand, stock.c.reserved).where(stock.c.sku == sku))).one()
-    return row.on_hand, row.reserved
+        row = (
+            await conn.execute(
+                select(func.sum(ws.c.on_hand).label("on_hand"), func.sum(ws.c.reserved).label("reserved")).where(
+                    ws.c.sku == sku
+                )
+            )
+        ).one()
+    return int(row.on_hand), int(row.reserved)
+
+
+async def stock_by_warehouse(engine: AsyncEngine, sku: str) -> dict[str, tuple[int, int]]:
+    """warehouse -> (on_hand, reserved) of ``sku``."""
+    ws = warehouse_stock
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(ws.c.warehouse_id, ws.c.on_hand, ws.c.reserved).where(ws.c.sku == sku))).all()
+    return {row.warehouse_id: (row.on_hand, row.reserved) for row in rows}
 
 
 async def reservation_states(engine: AsyncEngine, order_id: uuid.UUID) -> dict[str, str]:

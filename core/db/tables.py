@@ -42,30 +42,48 @@ products = Table(
     CheckConstraint("unit_price > 0", name="unit_price_positive"),
 )
 
-stock = Table(
-    "stock",
+# Default warehouse: where the migration put the single stock pool of before, and where
+# `upsert_products` stocks new products unless told otherwise.
+DEFAULT_WAREHOUSE = "WH-MAIN"
+
+warehouses = Table(
+    "warehouses",
     metadata,
-    Column("sku", String(64), ForeignKey("products.sku"), primary_key=True),
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    # Lower is preferred; unique so that the allocation rule never has to break a tie.
+    Column("preference", Integer, nullable=False, unique=True),
+)
+
+warehouse_stock = Table(
+    "warehouse_stock",
+    metadata,
+    Column("warehouse_id", String(32), ForeignKey("warehouses.id"), nullable=False),
+    Column("sku", String(64), ForeignKey("products.sku"), nullable=False),
     Column("on_hand", Integer, nullable=False),
     Column("reserved", Integer, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("warehouse_id", "sku"),
     # The database itself refuses to oversell: these hold under any concurrency.
     CheckConstraint("on_hand >= 0", name="on_hand_not_negative"),
     CheckConstraint("reserved >= 0", name="reserved_not_negative"),
     CheckConstraint("reserved <= on_hand", name="reserved_within_on_hand"),
+    # Reservation looks up every warehouse holding the order's SKUs.
+    Index("ix_warehouse_stock_sku", "sku"),
 )
 
-# One row per (order, sku); `state` moves reserved -> released | committed exactly once,
+# One row per (order, warehouse, sku); `state` moves reserved -> released | committed exactly once,
 # which is what makes reserve/release/commit safe to run twice.
 stock_reservations = Table(
     "stock_reservations",
     metadata,
     Column("order_id", Uuid, nullable=False),
+    Column("warehouse_id", String(32), ForeignKey("warehouses.id"), nullable=False),
     Column("sku", String(64), ForeignKey("products.sku"), nullable=False),
     Column("quantity", Integer, nullable=False),
     Column("state", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    PrimaryKeyConstraint("order_id", "sku"),
+    PrimaryKeyConstraint("order_id", "warehouse_id", "sku"),
     CheckConstraint("quantity > 0", name="quantity_positive"),
     CheckConstraint("state IN ('reserved', 'released', 'committed')", name="state_known"),
 )

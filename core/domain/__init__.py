@@ -1,5 +1,6 @@
 """The pure domain: standard library and pydantic only. Imported by workflows, activities and the API."""
 
+from core.domain.allocation import allocate
 from core.domain.errors import (
     DependencyUnavailable,
     IdempotencyKeyReused,
@@ -7,7 +8,9 @@ from core.domain.errors import (
     MixedCurrencies,
     OrderError,
     OrderNotFound,
+    StockBelowReserved,
     UnknownSkus,
+    UnknownStockLocation,
     UnstorableValue,
 )
 from core.domain.models import (
@@ -15,6 +18,7 @@ from core.domain.models import (
     TERMINAL_STATUSES,
     Address,
     AddressChangeRequest,
+    AllocationLine,
     AuthorizePayment,
     CancelRequest,
     CancelShipment,
@@ -35,8 +39,10 @@ from core.domain.models import (
     ReviewRequest,
     Shipment,
     StatusChange,
+    StockAllocation,
     StockRelease,
     StockRequest,
+    UnavailableLine,
     VoidUnknownAuthorization,
 )
 from core.domain.names import (
@@ -61,18 +67,22 @@ from core.domain.names import (
 from core.domain.text import CONTROL_CHARACTERS, Text, has_control_characters
 
 __all__ = [
+    "allocate",
     "DependencyUnavailable",
     "IdempotencyKeyReused",
     "InvalidOrderState",
     "MixedCurrencies",
     "OrderError",
     "OrderNotFound",
+    "StockBelowReserved",
     "UnknownSkus",
+    "UnknownStockLocation",
     "UnstorableValue",
     "CANCELLABLE_STATUSES",
     "TERMINAL_STATUSES",
     "Address",
     "AddressChangeRequest",
+    "AllocationLine",
     "AuthorizePayment",
     "CancelRequest",
     "CancelShipment",
@@ -93,8 +103,10 @@ __all__ = [
     "ReviewRequest",
     "Shipment",
     "StatusChange",
+    "StockAllocation",
     "StockRelease",
     "StockRequest",
+    "UnavailableLine",
     "VoidUnknownAuthorization",
     "ACTIVITY_CONCERNS",
     "ERR_INVALID_STATE",

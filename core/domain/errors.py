@@ -42,3 +42,22 @@ class DependencyUnavailable(OrderError):
         super().__init__(f"{dependency} is unavailable, retry later")
         self.dependency = dependency
         self.retry_after_s = retry_after_s
+
+
+class UnknownStockLocation(OrderError):
+    """No such warehouse, or no such SKU in the catalogue."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"{kind} {key} not found")
+        self.kind = kind
+        self.key = key
+
+
+class StockBelowReserved(OrderError):
+    """On hand may not drop below what orders hold reserved in that warehouse."""
+
+    def __init__(self, warehouse_id: str, sku: str, on_hand: int, reserved: int) -> None:
+        super().__init__(
+            f"{warehouse_id} holds {reserved} of {sku} reserved for orders; on_hand cannot be set to {on_hand}"
+        )
+        self.reserved = reserved

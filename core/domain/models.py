@@ -210,10 +210,15 @@ class OrderView(_Model):
 class StockRequest(_Model):
     order_id: uuid.UUID
     lines: list[OrderLine]
+    # False: all or nothing (OutOfStock when any unit is missing). True: reserve what is available
+    # and report the rest in StockAllocation.unavailable (the customer decides).
+    allow_partial: bool = False
 
 
 class StockRelease(_Model):
     order_id: uuid.UUID
+    # None settles every warehouse of the order; a warehouse id settles only that shipment's part.
+    warehouse_id: str | None = None
 
 
 class AuthorizePayment(_Model):
@@ -272,3 +277,41 @@ class ProjectOrder(_Model):
 
     seq: int
     view: OrderView
+
+
+# --- stock per warehouse -----------------------------------------------------------------------
+
+
+class AllocationLine(_Model):
+    """``quantity`` units of ``sku`` reserved in (and later shipped from) ``warehouse_id``."""
+
+    warehouse_id: str
+    sku: str
+    quantity: int
+
+
+class UnavailableLine(_Model):
+    """``quantity`` units of ``sku`` the order wants that no warehouse could reserve."""
+
+    sku: str
+    quantity: int
+
+
+class StockAllocation(_Model):
+    """Where an order's stock is reserved: one line per (warehouse, sku), most preferred warehouse
+    first, and what could not be reserved. Each warehouse in ``lines`` is one shipment."""
+
+    lines: list[AllocationLine] = []
+    unavailable: list[UnavailableLine] = []
+
+    @property
+    def complete(self) -> bool:
+        return not self.unavailable
+
+    @property
+    def warehouses(self) -> list[str]:
+        """The warehouses that ship something, in the order of ``lines`` (most preferred first)."""
+        return list(dict.fromkeys(line.warehouse_id for line in self.lines))
+
+    def lines_of(self, warehouse_id: str) -> list[AllocationLine]:
+        return [line for line in self.lines if line.warehouse_id == warehouse_id]

@@ -7,7 +7,7 @@ import uuid
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.db.migrate import downgrade, upgrade
@@ -30,6 +30,88 @@ async def test_upgrade_downgrade_upgrade_leaves_no_drift(database):
         async with engine.connect() as conn:
             diff = await conn.run_sync(lambda sync: compare_metadata(MigrationContext.configure(sync), metadata))
         assert diff == []
+    finally:
+        await engine.dispose()
+        await drop_database(database.admin_dsn, name)
+
+
+async def test_stock_moves_into_the_default_warehouse_and_back(database):
+    """0002 -> head with stock and reservations of an order in flight, then back again."""
+    name = f"migrations_{uuid.uuid4().hex[:8]}"
+    await create_database(database.admin_dsn, name)
+    url = f"postgresql+asyncpg://postgres@{database.host}:{database.port}/{name}"
+    engine = create_async_engine(url)
+    in_flight, shipped = uuid.uuid4(), uuid.uuid4()
+    try:
+        await asyncio.to_thread(upgrade, url, "0002")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO products (sku, name, unit_price, currency, created_at) VALUES "
+                    "('MUG', 'mug', 100, 'EUR', now()), ('LAMP', 'lamp', 900, 'EUR', now())"
+                )
+            )
+            await conn.execute(text("INSERT INTO stock (sku, on_hand, reserved) VALUES ('MUG', 10, 3), ('LAMP', 4, 0)"))
+            await conn.execute(
+                text(
+                    "INSERT INTO stock_reservations (order_id, sku, quantity, state, created_at, updated_at) VALUES "
+                    "(:a, 'MUG', 3, 'reserved', now(), now()), (:b, 'LAMP', 1, 'committed', now(), now())"
+                ),
+                {"a": in_flight, "b": shipped},
+            )
+
+        await asyncio.to_thread(upgrade, url)
+        async with engine.begin() as conn:
+            assert (await conn.execute(text("SELECT id FROM warehouses"))).scalars().all() == ["WH-MAIN"]
+            assert sorted(
+                (await conn.execute(text("SELECT warehouse_id, sku, on_hand, reserved FROM warehouse_stock"))).all()
+            ) == [("WH-MAIN", "LAMP", 4, 0), ("WH-MAIN", "MUG", 10, 3)]
+            assert sorted(
+                (await conn.execute(text("SELECT order_id, warehouse_id, sku, state FROM stock_reservations"))).all(),
+                key=str,
+            ) == sorted([(in_flight, "WH-MAIN", "MUG", "reserved"), (shipped, "WH-MAIN", "LAMP", "committed")], key=str)
+            # The order in flight can still be released against the migrated counters.
+            await conn.execute(
+                text(
+                    "UPDATE warehouse_stock SET reserved = reserved - 3 WHERE warehouse_id = 'WH-MAIN' AND sku = 'MUG'"
+                )
+            )
+            await conn.execute(
+                text("UPDATE stock_reservations SET state = 'released' WHERE order_id = :a"), {"a": in_flight}
+            )
+            # A second warehouse and an order split over both, which the downgrade must fold.
+            await conn.execute(text("INSERT INTO warehouses (id, name, preference) VALUES ('WH-BER', 'Berlin', 20)"))
+            await conn.execute(
+                text(
+                    "INSERT INTO warehouse_stock (warehouse_id, sku, on_hand, reserved) VALUES ('WH-BER', 'MUG', 5, 2)"
+                )
+            )
+            await conn.execute(
+                text("UPDATE warehouse_stock SET reserved = 4 WHERE warehouse_id = 'WH-MAIN' AND sku = 'MUG'")
+            )
+            split = uuid.uuid4()
+            await conn.execute(
+                text(
+                    "INSERT INTO stock_reservations (order_id, warehouse_id, sku, quantity, state, created_at, updated_at)"
+                    " VALUES (:o, 'WH-MAIN', 'MUG', 4, 'reserved', now(), now()),"
+                    " (:o, 'WH-BER', 'MUG', 2, 'reserved', now(), now())"
+                ),
+                {"o": split},
+            )
+
+        await asyncio.to_thread(downgrade, url, "0002")
+        async with engine.connect() as conn:
+            assert sorted((await conn.execute(text("SELECT sku, on_hand, reserved FROM stock"))).all()) == [
+                ("LAMP", 4, 0),
+                ("MUG", 15, 6),
+            ]
+            rows = (await conn.execute(text("SELECT order_id, sku, quantity, state FROM stock_reservations"))).all()
+            assert sorted(rows, key=str) == sorted(
+                [(in_flight, "MUG", 3, "released"), (shipped, "LAMP", 1, "committed"), (split, "MUG", 6, "reserved")],
+                key=str,
+            )
+            tables = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
+            assert "warehouses" not in tables and "warehouse_stock" not in tables
     finally:
         await engine.dispose()
         await drop_database(database.admin_dsn, name)

@@ -10,12 +10,12 @@ from sqlalchemy import delete, insert, update
 
 from bench.invariants import InvariantChecker
 from core.db.read_model import order_row
-from core.db.tables import orders, stock, stock_reservations
+from core.db.tables import DEFAULT_WAREHOUSE, orders, stock_reservations, warehouse_stock
 from core.domain import OrderView
 from tests.harness import random_ref, wait_for
 from tests.integration.conftest import auth
 from tests.integration.test_order_api import final_state, order_body, submit
-from tests.support import new_sku
+from tests.support import new_sku, new_warehouses, stock_by_warehouse, stocked_sku
 
 
 async def test_a_mixed_run_keeps_every_invariant(api, token, engine, workers, temporal_client, it_settings):
@@ -64,7 +64,7 @@ async def test_the_checker_catches_a_leaked_reservation_and_a_lost_order(
             .where(stock_reservations.c.order_id == leaked)
             .values(state="reserved", updated_at=now)
         )
-        await conn.execute(update(stock).where(stock.c.sku == sku).values(reserved=stock.c.reserved + 1))
+        await conn.execute(_in_default(sku).values(reserved=warehouse_stock.c.reserved + 1))
     report = await checker.check([leaked], initial_stock={sku: 5})
     failed = {check.name[0] for check in report.checks if not check.ok}
     assert failed == {"4"} and "still holds" in report.table()
@@ -85,10 +85,38 @@ async def test_the_checker_catches_a_leaked_reservation_and_a_lost_order(
             await conn.execute(
                 update(stock_reservations).where(stock_reservations.c.order_id == leaked).values(state="released")
             )
-            await conn.execute(update(stock).where(stock.c.sku == sku).values(reserved=stock.c.reserved - 1))
+            await conn.execute(_in_default(sku).values(reserved=warehouse_stock.c.reserved - 1))
             await conn.execute(delete(orders).where(orders.c.id == ghost))
     await wait_for(lambda: _ok(checker, leaked, sku), timeout=5, what="invariants restored")
 
 
 async def _ok(checker, order_id, sku):
     return (await checker.check([order_id], initial_stock={sku: 5})).ok
+
+
+def _in_default(sku: str):
+    return update(warehouse_stock).where(
+        warehouse_stock.c.warehouse_id == DEFAULT_WAREHOUSE, warehouse_stock.c.sku == sku
+    )
+
+
+async def test_an_order_split_over_two_warehouses_ships_from_both_and_balances_per_warehouse(
+    api, token, engine, workers, temporal_client, it_settings
+):
+    first, second = await new_warehouses(engine, 2)
+    sku = await stocked_sku(engine, {first: 2, second: 1})
+    customer = token(random_ref("split"))
+    order_id = (await submit(api, customer, order_body(sku, 3))).json()["id"]
+    assert (await final_state(api, customer, order_id))["status"] == "completed"
+    assert await stock_by_warehouse(engine, sku) == {first: (0, 0), second: (0, 0)}
+
+    checker = InvariantChecker(engine, temporal_client, it_settings.payment_base_url)
+    initial = {(first, sku): 2, (second, sku): 1}
+    report = await checker.check([uuid.UUID(order_id)], initial_stock={sku: 3}, initial_warehouse_stock=initial)
+    assert report.ok, report.table()
+    # The total balances, but one warehouse's does not: only the per-warehouse check sees it.
+    report = await checker.check(
+        [uuid.UUID(order_id)], initial_stock={sku: 3}, initial_warehouse_stock={(first, sku): 3, (second, sku): 0}
+    )
+    assert [check.name[0] for check in report.checks if not check.ok] == ["3"]
+    assert f"{sku}@{first}" in report.table()

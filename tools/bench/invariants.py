@@ -4,8 +4,9 @@
    (awaiting review, or shipped and waiting for the carrier), and the read model agrees with it.
 2. Provider captures minus refunds equal the totals of completed orders (plus refunded lost
    parcels netting to zero), and no idempotency key moved money twice.
-3. Per SKU: reserved equals the sum of open reservations, on_hand never negative, and when the
-   initial stock is known, initial = on_hand + committed (shipped) quantities.
+3. Per (warehouse, SKU): reserved equals the sum of open reservations there, on_hand never
+   negative; when the initial stock is known, initial = on_hand + committed (shipped) quantities,
+   per SKU over all warehouses and per (warehouse, SKU) when given that way.
 4. Failed, rejected and cancelled orders hold no reservations.
 5. One order per (customer, Idempotency-Key).
 
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from core.db.tables import idempotency_keys, orders, stock, stock_reservations
+from core.db.tables import idempotency_keys, orders, stock_reservations, warehouse_stock
 from core.domain import QUERY_ORDER, FailureReason, OrderStatus, OrderView, order_workflow_id
 
 LEGITIMATE_WAITS = {OrderStatus.AWAITING_REVIEW, OrderStatus.SHIPPED}
@@ -71,14 +72,17 @@ class InvariantChecker:
         order_ids: Iterable[uuid.UUID] | None = None,
         *,
         initial_stock: dict[str, int] | None = None,
+        initial_warehouse_stock: dict[tuple[str, str], int] | None = None,
         allow_waiting: bool = True,
     ) -> InvariantReport:
-        """Check the orders in ``order_ids`` (default: every order in the read model)."""
+        """Check the orders in ``order_ids`` (default: every order in the read model).
+        ``initial_stock`` is on hand per SKU over all warehouses when the run began,
+        ``initial_warehouse_stock`` the same per (warehouse, SKU)."""
         views = await self._views(order_ids)
         checks = [
             await self._workflows_terminal_and_projected(views, allow_waiting),
             await self._money(views),
-            await self._stock(views, initial_stock),
+            await self._stock(views, initial_stock, initial_warehouse_stock),
             await self._no_reservations_after_failure(views),
             await self._one_order_per_key(views),
         ]
@@ -171,40 +175,59 @@ class InvariantChecker:
             "2 captures - refunds = completed totals; one charge per key", not problems, len(authorizations), problems
         )
 
-    async def _stock(self, views: dict[uuid.UUID, OrderView], initial_stock: dict[str, int] | None) -> Check:
-        skus = {line.sku for view in views.values() for line in view.items} | set(initial_stock or {})
+    async def _stock(
+        self,
+        views: dict[uuid.UUID, OrderView],
+        initial_stock: dict[str, int] | None,
+        initial_warehouse_stock: dict[tuple[str, str], int] | None,
+    ) -> Check:
+        skus = (
+            {line.sku for view in views.values() for line in view.items}
+            | set(initial_stock or {})
+            | {sku for _, sku in initial_warehouse_stock or {}}
+        )
         problems: list[str] = []
+        ws, sr = warehouse_stock, stock_reservations
         async with self._engine.connect() as conn:
             counters = {
-                row.sku: (row.on_hand, row.reserved)
-                for row in (
-                    await conn.execute(
-                        select(stock.c.sku, stock.c.on_hand, stock.c.reserved).where(stock.c.sku.in_(skus))
-                    )
+                (row.warehouse_id, row.sku): (row.on_hand, row.reserved)
+                for row in await conn.execute(
+                    select(ws.c.warehouse_id, ws.c.sku, ws.c.on_hand, ws.c.reserved).where(ws.c.sku.in_(skus))
                 )
             }
-            sums: defaultdict[str, dict[str, int]] = defaultdict(lambda: {"reserved": 0, "committed": 0})
+            sums: defaultdict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"reserved": 0, "committed": 0})
             for row in await conn.execute(
-                select(stock_reservations.c.sku, stock_reservations.c.state, func.sum(stock_reservations.c.quantity))
-                .where(stock_reservations.c.sku.in_(skus))
-                .group_by(stock_reservations.c.sku, stock_reservations.c.state)
+                select(sr.c.warehouse_id, sr.c.sku, sr.c.state, func.sum(sr.c.quantity))
+                .where(sr.c.sku.in_(skus))
+                .group_by(sr.c.warehouse_id, sr.c.sku, sr.c.state)
             ):
-                if row[1] in ("reserved", "committed"):
-                    sums[row[0]][row[1]] = int(row[2])
-        for sku in sorted(skus):
-            on_hand, reserved = counters.get(sku, (0, 0))
+                if row[2] in ("reserved", "committed"):
+                    sums[(row[0], row[1])][row[2]] = int(row[3])
+        places = sorted(set(counters) | set(sums) | set(initial_warehouse_stock or {}))
+        totals: defaultdict[str, int] = defaultdict(int)
+        for place in places:
+            warehouse, sku = place
+            on_hand, reserved = counters.get(place, (0, 0))
+            totals[sku] += on_hand + sums[place]["committed"]
             if on_hand < 0 or reserved < 0 or reserved > on_hand:
-                problems.append(f"{sku}: on_hand {on_hand}, reserved {reserved}")
-            if reserved != sums[sku]["reserved"]:
-                problems.append(f"{sku}: reserved {reserved} but open reservations sum to {sums[sku]['reserved']}")
-            if initial_stock and sku in initial_stock and initial_stock[sku] != on_hand + sums[sku]["committed"]:
+                problems.append(f"{sku}@{warehouse}: on_hand {on_hand}, reserved {reserved}")
+            if reserved != sums[place]["reserved"]:
                 problems.append(
-                    f"{sku}: initial {initial_stock[sku]} != on_hand {on_hand} + shipped {sums[sku]['committed']}"
+                    f"{sku}@{warehouse}: reserved {reserved} but open reservations sum to {sums[place]['reserved']}"
                 )
+            if initial_warehouse_stock and place in initial_warehouse_stock:
+                if initial_warehouse_stock[place] != on_hand + sums[place]["committed"]:
+                    problems.append(
+                        f"{sku}@{warehouse}: initial {initial_warehouse_stock[place]} != on_hand {on_hand}"
+                        f" + shipped {sums[place]['committed']}"
+                    )
+        for sku, initial in sorted((initial_stock or {}).items()):
+            if initial != totals[sku]:
+                problems.append(f"{sku}: initial {initial} != on_hand + shipped {totals[sku]} over all warehouses")
         return Check(
-            "3 stock balances: initial = on_hand + shipped; reserved = open reservations",
+            "3 stock balances per warehouse: initial = on_hand + shipped; reserved = open reservations",
             not problems,
-            len(skus),
+            len(places),
             problems,
         )
 
