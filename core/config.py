@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     review_threshold_minor: int = 100_000  # 1000.00 in the catalogue currency
     review_timeout_s: float = 24 * 3600
     delivery_deadline_s: float = 7 * 24 * 3600
+    # An order only partly in stock waits this long for the customer to amend or cancel it.
+    customer_response_timeout_s: float = 24 * 3600
 
     # Providers (the sandbox by default).
     payment_base_url: str = "http://127.0.0.1:8100/payments"

@@ -18,6 +18,8 @@ class OrderStatus(StrEnum):
     RECEIVED = "received"
     STOCK_RESERVED = "stock_reserved"
     AWAITING_REVIEW = "awaiting_review"
+    # Part of the order could not be reserved: the customer amends (keeps what is available) or cancels.
+    AWAITING_CUSTOMER = "awaiting_customer"
     PAYMENT_AUTHORIZED = "payment_authorized"
     SHIPPED = "shipped"
     COMPLETED = "completed"
@@ -39,6 +41,7 @@ CANCELLABLE_STATUSES = frozenset(
     {
         OrderStatus.RECEIVED,
         OrderStatus.STOCK_RESERVED,
+        OrderStatus.AWAITING_CUSTOMER,
         OrderStatus.AWAITING_REVIEW,
         OrderStatus.PAYMENT_AUTHORIZED,
     }
@@ -54,6 +57,15 @@ class FailureReason(StrEnum):
     CARRIER_UNAVAILABLE = "carrier_unavailable"
     LOST_IN_TRANSIT = "lost_in_transit"
     CANCELLED_BY_CUSTOMER = "cancelled_by_customer"
+    CUSTOMER_TIMEOUT = "customer_timeout"  # no amend or cancel while awaiting the customer
+
+
+class ShipmentStatus(StrEnum):
+    PENDING = "pending"  # planned (stock reserved in its warehouse), not yet handed to the carrier
+    SHIPPED = "shipped"
+    DELIVERED = "delivered"
+    LOST = "lost"  # reported lost, or not delivered by the deadline: its part is refunded
+    CANCELLED = "cancelled"  # never shipped: its stock released, its part not charged
 
 
 class ReviewDecision(StrEnum):
@@ -129,11 +141,29 @@ class OrderInput(_Model):
     review_threshold: int
     review_timeout_s: float
     delivery_deadline_s: float
+    # How long an order waits in awaiting_customer for an amend or a cancel (then customer_timeout).
+    customer_response_timeout_s: float = 24 * 3600
+
+
+class AmendLine(_Model):
+    sku: str
+    quantity: int
+
+
+class AmendRequest(_Model):
+    """The order's lines as the customer keeps them: each SKU of the order at most once, quantities
+    no larger than what was reserved for it; dropped SKUs are left out. Prices stay those of order time."""
+
+    lines: list[AmendLine]
+    requested_by: str | None = None
 
 
 class CancelRequest(_Model):
     reason: str | None = None
     requested_by: str | None = None
+    # Only these shipments (their ids), for an order some of whose shipments already left; None: the
+    # whole order, refused once anything has shipped.
+    shipments: list[str] | None = None
 
 
 class ReviewRequest(_Model):
@@ -150,6 +180,25 @@ class CarrierEventSignal(_Model):
     tracking_number: str
     event: CarrierEventKind
     occurred_at: datetime
+
+
+class ShipmentView(_Model):
+    """One fulfilment: the items one warehouse ships, their share of the total, and its parcel."""
+
+    id: str
+    warehouse_id: str
+    items: list[OrderLine]
+    amount: int  # minor units: what is captured when it ships, refunded if it is lost
+    status: ShipmentStatus = ShipmentStatus.PENDING
+    tracking_number: str | None = None
+    delivered_at: datetime | None = None
+
+
+class RefundRecord(_Model):
+    amount: int
+    reason: str  # e.g. lost_in_transit, cancelled_by_customer
+    shipment_id: str | None = None
+    at: datetime
 
 
 class OrderView(_Model):
@@ -171,6 +220,11 @@ class OrderView(_Model):
     review: ReviewRecord | None = None
     carrier_events: list[CarrierEvent] = []
     cancel_requested: bool = False
+    # Multi-warehouse fulfilment (fields with defaults: views of older orders stay valid).
+    shipments: list[ShipmentView] = []
+    refunds: list[RefundRecord] = []
+    unavailable: list[UnavailableLine] = []  # what could not be reserved, while awaiting the customer
+    customer_deadline: datetime | None = None  # when an order awaiting the customer is cancelled
 
     @classmethod
     def received(
@@ -260,6 +314,7 @@ class CreateShipment(_Model):
     shipping_address: Address
     lines: list[OrderLine]
     idempotency_key: str
+    warehouse_id: str | None = None  # where the parcel leaves from (None: orders before warehouses)
 
 
 class Shipment(_Model):

@@ -10,6 +10,7 @@ ORDER_WORKFLOW = "OrderWorkflow"
 UPDATE_CANCEL = "cancel"
 UPDATE_REVIEW = "review"
 UPDATE_SHIPPING_ADDRESS = "change_shipping_address"
+UPDATE_AMEND = "amend"
 SIGNAL_CARRIER_EVENT = "carrier_event"
 QUERY_ORDER = "order"
 
