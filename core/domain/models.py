@@ -182,6 +182,13 @@ class CarrierEventSignal(_Model):
     occurred_at: datetime
 
 
+class UnavailableLine(_Model):
+    """``quantity`` units of ``sku`` the order wants that no warehouse could reserve."""
+
+    sku: str
+    quantity: int
+
+
 class ShipmentView(_Model):
     """One fulfilment: the items one warehouse ships, their share of the total, and its parcel."""
 
@@ -341,13 +348,6 @@ class AllocationLine(_Model):
     """``quantity`` units of ``sku`` reserved in (and later shipped from) ``warehouse_id``."""
 
     warehouse_id: str
-    sku: str
-    quantity: int
-
-
-class UnavailableLine(_Model):
-    """``quantity`` units of ``sku`` the order wants that no warehouse could reserve."""
-
     sku: str
     quantity: int
 
