@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import delete, select
 
 from core.db.read_model import OrderReadModel
 from core.db.tables import order_events, orders
@@ -15,6 +16,18 @@ from tests.harness import random_ref
 from tests.support import ADDRESS
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+CUSTOMER_PREFIX = "rm-"
+
+
+@pytest.fixture(autouse=True)
+async def remove_written_orders(engine):
+    """These orders never reach an end and are dated in the past: left in the session's shared
+    database they would count as stuck in the gateway's metrics (tests/integration/test_observability)."""
+    yield
+    async with engine.begin() as conn:
+        ids = select(orders.c.id).where(orders.c.customer_id.startswith(CUSTOMER_PREFIX))
+        await conn.execute(delete(order_events).where(order_events.c.order_id.in_(ids)))
+        await conn.execute(delete(orders).where(orders.c.customer_id.startswith(CUSTOMER_PREFIX)))
 
 
 def received() -> OrderView:
