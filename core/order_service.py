@@ -37,6 +37,7 @@ from core.db.read_model import OrderPage, OrderReadModel
 from core.domain import (
     ERR_INVALID_AMEND,
     ERR_INVALID_CANCEL,
+    ERR_INVALID_STATE,
     ORDER_WORKFLOW,
     SIGNAL_CARRIER_EVENT,
     UPDATE_AMEND,
@@ -427,9 +428,12 @@ class OrderService:
             cause = error.cause
             if isinstance(cause, ApplicationError) and cause.type in _REFUSED_ON_ITS_MERITS:
                 raise _REFUSED_ON_ITS_MERITS[cause.type](cause.message) from error
-            raise InvalidOrderState(
-                cause.message if isinstance(cause, ApplicationError) else "the order refused this change"
-            ) from error
+            if isinstance(cause, ApplicationError) and cause.type == ERR_INVALID_STATE:
+                raise InvalidOrderState(cause.message) from error
+            # Anything else is not written for callers (e.g. a worker still on a version without
+            # this update names the handlers it has): refuse without the internals.
+            log.warning("update refused", update=name, order_id=str(view.id), cause=repr(cause))
+            raise InvalidOrderState("the order refused this change") from error
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 return None
