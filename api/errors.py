@@ -15,6 +15,8 @@ from core.db.read_model import InvalidCursor
 from core.domain import (
     DependencyUnavailable,
     IdempotencyKeyReused,
+    InvalidAmend,
+    InvalidCancel,
     InvalidOrderState,
     MixedCurrencies,
     OrderNotFound,
@@ -154,6 +156,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidOrderState)
     async def _conflict(request: Request, error: InvalidOrderState):
         return problem_response(request, 409, "Order state conflict", str(error), slug="invalid-order-state")
+
+    @app.exception_handler(InvalidAmend)
+    async def _invalid_amend(request: Request, error: InvalidAmend):
+        # The order's own refusal (it knows what was reserved): the message names the line at fault.
+        return problem_response(request, 422, "Invalid amend", str(error), slug="invalid-amend")
+
+    @app.exception_handler(InvalidCancel)
+    async def _invalid_cancel(request: Request, error: InvalidCancel):
+        return problem_response(request, 422, "Invalid cancel", str(error), slug="invalid-cancel")
 
     @app.exception_handler(UnknownSkus)
     async def _unknown_sku(request: Request, error: UnknownSkus):

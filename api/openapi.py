@@ -137,10 +137,99 @@ ORDER_EXAMPLE = {
     "review": None,
     "carrier_events": [],
     "cancel_requested": False,
+    "shipments": [],
+    "refunds": [],
+    "unavailable": [],
+    "customer_deadline": None,
+}
+_SPLIT_ID = "5d6c1f2a-8e3b-5a47-b1c9-2e4f6a8b0c13"
+# Two warehouses, two parcels: the first delivered, the second on its way. `tracking_number` is the
+# first shipment's, as before split shipments.
+SPLIT_ORDER_EXAMPLE = {
+    **ORDER_EXAMPLE,
+    "id": _SPLIT_ID,
+    "status": "shipped",
+    "items": [
+        {"sku": "MUG-WHT", "quantity": 2, "unit_price": 1299},
+        {"sku": "LAMP-BRS", "quantity": 1, "unit_price": 4900},
+    ],
+    "total": 7498,
+    "tracking_number": "TRK-7Q2M4X9A",
+    "history": [
+        {"status": "received", "at": "2025-01-01T12:00:00Z", "note": None},
+        {"status": "stock_reserved", "at": "2025-01-01T12:00:01Z", "note": "2 shipments: WH-MAIN, WH-BER"},
+        {"status": "payment_authorized", "at": "2025-01-01T12:00:02Z", "note": None},
+        {"status": "shipped", "at": "2025-01-01T12:00:03Z", "note": None},
+    ],
+    "updated_at": "2025-01-02T09:30:00Z",
+    "carrier_events": [
+        {"event": "picked_up", "occurred_at": "2025-01-01T15:00:00Z"},
+        {"event": "in_transit", "occurred_at": "2025-01-01T18:00:00Z"},
+        {"event": "delivered", "occurred_at": "2025-01-02T09:30:00Z"},
+    ],
+    "shipments": [
+        {
+            "id": "WH-MAIN",
+            "warehouse": "WH-MAIN",
+            "items": [{"sku": "MUG-WHT", "quantity": 2, "unit_price": 1299}],
+            "amount": 2598,
+            "status": "delivered",
+            "tracking_number": "TRK-7Q2M4X9A",
+            "delivered_at": "2025-01-02T09:30:00Z",
+        },
+        {
+            "id": "WH-BER",
+            "warehouse": "WH-BER",
+            "items": [{"sku": "LAMP-BRS", "quantity": 1, "unit_price": 4900}],
+            "amount": 4900,
+            "status": "shipped",
+            "tracking_number": "TRK-3K8P1C6D",
+            "delivered_at": None,
+        },
+    ],
+}
+# Only part of it could be reserved: the customer amends (keeps 1 lamp) or cancels by the deadline.
+AWAITING_CUSTOMER_EXAMPLE = {
+    **ORDER_EXAMPLE,
+    "id": "9a3e7c51-2b6d-5f08-8c4a-1d9e3b7f5a26",
+    "status": "awaiting_customer",
+    "items": [
+        {"sku": "MUG-WHT", "quantity": 2, "unit_price": 1299},
+        {"sku": "LAMP-BRS", "quantity": 3, "unit_price": 4900},
+    ],
+    "total": 17298,
+    "history": [
+        {"status": "received", "at": "2025-01-01T12:00:00Z", "note": None},
+        {"status": "awaiting_customer", "at": "2025-01-01T12:00:01Z", "note": "unavailable: 2 x LAMP-BRS"},
+    ],
+    "updated_at": "2025-01-01T12:00:01Z",
+    "unavailable": [{"sku": "LAMP-BRS", "quantity": 2}],
+    "customer_deadline": "2025-01-02T12:00:01Z",
+}
+# The same order after `POST /amend {"items": [MUG-WHT x 2, LAMP-BRS x 1]}`: total recomputed.
+AMENDED_ORDER_EXAMPLE = {
+    **AWAITING_CUSTOMER_EXAMPLE,
+    "status": "stock_reserved",
+    "items": [
+        {"sku": "MUG-WHT", "quantity": 2, "unit_price": 1299},
+        {"sku": "LAMP-BRS", "quantity": 1, "unit_price": 4900},
+    ],
+    "total": 7498,
+    "history": [
+        {"status": "received", "at": "2025-01-01T12:00:00Z", "note": None},
+        {"status": "awaiting_customer", "at": "2025-01-01T12:00:01Z", "note": "unavailable: 2 x LAMP-BRS"},
+        {"status": "stock_reserved", "at": "2025-01-01T12:05:00Z", "note": "amended by alice"},
+    ],
+    "updated_at": "2025-01-01T12:05:00Z",
+    "unavailable": [],
+    "customer_deadline": None,
 }
 _EXAMPLES_BY_SCHEMA = {
     "OrderView": ORDER_EXAMPLE,
-    "OrderList": {"items": [ORDER_EXAMPLE], "next_cursor": "eyJ0IjoiMjAyNS0wMS0wMVQxMjowMDowMFoiLCJpZCI6IjNmMGEifQ"},
+    "OrderList": {
+        "items": [SPLIT_ORDER_EXAMPLE, AWAITING_CUSTOMER_EXAMPLE, ORDER_EXAMPLE],
+        "next_cursor": "eyJ0IjoiMjAyNS0wMS0wMVQxMjowMDowMFoiLCJpZCI6IjNmMGEifQ",
+    },
     "ProductList": {
         "items": [{"sku": "MUG-WHT", "name": "Mug, white", "unit_price": 1299, "currency": "EUR", "available": 42}],
         "next_cursor": None,

@@ -2,7 +2,7 @@
 
 Every request under ``/v1/`` belongs to one route class, each with its own budget from settings:
 
-* ``submit``  — writes: ``POST /v1/orders`` and the actions on an order (cancel, review, address);
+* ``submit``  — writes: ``POST /v1/orders`` and the actions on an order (cancel, amend, review, address);
 * ``webhook`` — ``POST /v1/carrier/events``;
 * ``read``    — every other ``/v1/`` request.
 

@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from core import domain
-from core.domain import Address, CarrierEventKind, FailureReason, OrderStatus, ReviewDecision, Text
+from core.domain import Address, CarrierEventKind, FailureReason, OrderStatus, ReviewDecision, ShipmentStatus, Text
 from core.domain.countries import ISO_3166_ALPHA2
 
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
@@ -24,6 +24,7 @@ Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[
 Note = Annotated[str, Text(max_length=500, multiline=True)]
 CustomerId = Annotated[str, Text(max_length=255)]
 Cursor = Annotated[str, Text(max_length=200)]
+ShipmentId = Annotated[str, Text(min_length=1, max_length=128)]
 _COUNTRY_CODES: list[JsonValue] = [*sorted(ISO_3166_ALPHA2)]  # documented as an enum: generated clients list them
 
 
@@ -86,6 +87,25 @@ class OrderCreate(_Body):
 
 class CancelBody(_Body):
     reason: Note | None = None
+    shipments: list[ShipmentId] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="ids of the shipments to cancel (those not yet handed to the carrier); "
+        "leave out to cancel the whole order, which is refused once any shipment has left",
+    )
+
+
+class AmendBody(_Body):
+    """The lines an order awaiting the customer keeps: each SKU of the order at most once, no more
+    units than were reserved for it (see the order's ``unavailable``); SKUs left out are dropped.
+    Prices stay those of order time; the total is recomputed from them."""
+
+    items: list[OrderItemIn] = Field(min_length=1, max_length=100)
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"items": [{"sku": "MUG-WHT", "quantity": 1}]}]}
+    )
 
 
 class ReviewBody(_Body):
@@ -129,8 +149,48 @@ class ReviewRecord(_Public):
     at: datetime
 
 
+class ShipmentView(_Public):
+    """One fulfilment of an order: what one warehouse ships, as its own parcel."""
+
+    id: str
+    # The domain says warehouse_id; the public name is the issue's, and both are read (the response
+    # is validated again from its own dump).
+    warehouse: str = Field(
+        validation_alias=AliasChoices("warehouse", "warehouse_id"), description="id of the warehouse it ships from"
+    )
+    items: list[OrderLine]
+    amount: int = Field(description="its part of the total, minor units: captured when it ships, refunded if lost")
+    status: ShipmentStatus
+    tracking_number: str | None = None
+    delivered_at: datetime | None = None
+
+
+class RefundRecord(_Public):
+    """Money given back: a lost shipment's part, or what was cancelled after capture."""
+
+    amount: int = Field(description="minor units of the order's currency")
+    reason: str
+    shipment: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("shipment", "shipment_id"),
+        description="id of the shipment refunded, if the refund is for one",
+    )
+    at: datetime
+
+
+class UnavailableLine(_Public):
+    sku: str
+    quantity: int = Field(description="units no warehouse could reserve")
+
+
 class OrderView(_Public):
-    """An order: its lines and total, where it is, how it got there, and where it ships."""
+    """An order: its lines and total, where it is, how it got there, and where it ships.
+
+    ``shipments`` lists one shipment per warehouse the order ships from; ``tracking_number`` is the
+    first shipment's (clients from before split shipments keep working). While the order is
+    ``awaiting_customer``, ``unavailable`` says what could not be reserved and ``customer_deadline``
+    when the order is cancelled (``customer_timeout``) unless amended or cancelled before.
+    """
 
     id: UUID
     customer_id: str
@@ -147,6 +207,10 @@ class OrderView(_Public):
     review: ReviewRecord | None = None
     carrier_events: list[CarrierEvent] = []
     cancel_requested: bool = False
+    shipments: list[ShipmentView] = []
+    refunds: list[RefundRecord] = []
+    unavailable: list[UnavailableLine] = []
+    customer_deadline: datetime | None = None
 
     @classmethod
     def of(cls, view: domain.OrderView) -> OrderView:

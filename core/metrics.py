@@ -146,6 +146,7 @@ _OPEN_ORDERS = text(
            count(*) AS open,
            count(*) FILTER (WHERE updated_at < CASE status
                WHEN 'awaiting_review' THEN :review_cutoff
+               WHEN 'awaiting_customer' THEN :customer_cutoff
                WHEN 'shipped' THEN :delivery_cutoff
                ELSE :cutoff END) AS stuck
     FROM orders
@@ -155,6 +156,7 @@ _OPEN_ORDERS = text(
 ).bindparams(
     bindparam("cutoff", type_=DateTime(timezone=True)),
     bindparam("review_cutoff", type_=DateTime(timezone=True)),
+    bindparam("customer_cutoff", type_=DateTime(timezone=True)),
     bindparam("delivery_cutoff", type_=DateTime(timezone=True)),
     bindparam("terminal", type_=ARRAY(String)),
 )
@@ -170,6 +172,8 @@ async def open_orders(engine: AsyncEngine, settings: Settings) -> list[tuple[str
             {
                 "cutoff": now - grace,
                 "review_cutoff": now - grace - timedelta(seconds=settings.review_timeout_s),
+                # Waiting for the customer's answer is normal until the response timeout cancels it.
+                "customer_cutoff": now - grace - timedelta(seconds=settings.customer_response_timeout_s),
                 "delivery_cutoff": now - grace - timedelta(seconds=settings.delivery_deadline_s),
                 "terminal": [status.value for status in OrderStatus if status.is_terminal],
             },

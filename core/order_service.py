@@ -1,5 +1,5 @@
-"""What the gateway does with orders: submit (idempotently), read, cancel, review, change address,
-and forward carrier events. Talks only to Temporal (by the names in core.domain) and the read model.
+"""What the gateway does with orders: submit (idempotently), read, cancel (whole or some shipments),
+amend (when part of it was unavailable), review, change address, and forward carrier events. Talks only to Temporal (by the names in core.domain) and the read model.
 
 Every call to Temporal or the database is bounded in time; failures to reach them become
 :class:`DependencyUnavailable`, which the gateway answers with 503 and Retry-After. A value the
@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -34,19 +35,27 @@ from core.db.catalog import Catalog
 from core.db.idempotency import IdempotencyStore
 from core.db.read_model import OrderPage, OrderReadModel
 from core.domain import (
+    ERR_INVALID_AMEND,
+    ERR_INVALID_CANCEL,
+    ERR_INVALID_STATE,
     ORDER_WORKFLOW,
     SIGNAL_CARRIER_EVENT,
+    UPDATE_AMEND,
     UPDATE_CANCEL,
     UPDATE_REVIEW,
     UPDATE_SHIPPING_ADDRESS,
     Address,
     AddressChangeRequest,
+    AmendLine,
+    AmendRequest,
     CancelRequest,
     CarrierEvent,
     CarrierEventKind,
     CarrierEventSignal,
     DependencyUnavailable,
     IdempotencyKeyReused,
+    InvalidAmend,
+    InvalidCancel,
     InvalidOrderState,
     MixedCurrencies,
     OrderInput,
@@ -55,6 +64,7 @@ from core.domain import (
     OrderStatus,
     OrderView,
     ReviewRequest,
+    ShipmentStatus,
     UnknownSkus,
     UnstorableValue,
     order_id_for_key,
@@ -69,6 +79,12 @@ SUBMIT_ROUTE = "POST /v1/orders"
 # Carrier events the order workflow decides nothing on: recorded in the read model, not signalled
 # (two Temporal actions and workflow tasks fewer per order). delivered and lost are signals.
 TRACKING_ONLY = frozenset({CarrierEventKind.PICKED_UP, CarrierEventKind.IN_TRANSIT})
+# Refusals of a request itself (ApplicationError.type of the workflow's validator) -> the error the
+# gateway answers with 422; every other refusal is about the order's state (409).
+_REFUSED_ON_ITS_MERITS: dict[str | None, type[InvalidAmend | InvalidCancel]] = {
+    ERR_INVALID_AMEND: InvalidAmend,
+    ERR_INVALID_CANCEL: InvalidCancel,
+}
 DB_ERRORS = (OperationalError, DBAPIError, PoolTimeout, OSError, asyncio.TimeoutError)
 
 
@@ -84,6 +100,11 @@ def database_error(error: Exception) -> UnstorableValue | DependencyUnavailable:
         ):
             return UnstorableValue("a value in the request cannot be stored (for example one holding NUL, \\u0000)")
     return DependencyUnavailable("database")
+
+
+def _digest(value: object) -> str:
+    """A short stable digest of a JSON-able value (for update ids)."""
+    return hashlib.sha256(json.dumps(value, separators=(",", ":")).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -216,6 +237,7 @@ class OrderService:
             review_threshold=settings.review_threshold_minor,
             review_timeout_s=settings.review_timeout_s,
             delivery_deadline_s=settings.delivery_deadline_s,
+            customer_response_timeout_s=settings.customer_response_timeout_s,
         )
         client = await self._client()
         try:
@@ -272,15 +294,44 @@ class OrderService:
 
     # --- actions on an order ----------------------------------------------------------------------
 
-    async def cancel(self, caller: Caller, order_id: uuid.UUID, reason: str | None) -> OrderView:
+    async def cancel(
+        self, caller: Caller, order_id: uuid.UUID, reason: str | None, shipments: Sequence[str] | None = None
+    ) -> OrderView:
+        """Cancel the whole order (``shipments`` None) or only the named shipments, which must not
+        have left yet; the workflow refuses (409) naming any that did."""
         view = await self.get(caller, order_id)
-        request = CancelRequest(reason=reason, requested_by=caller.subject)
-        result = await self._update(view, UPDATE_CANCEL, request, update_id="cancel")
+        request = CancelRequest(
+            reason=reason, requested_by=caller.subject, shipments=list(shipments) if shipments is not None else None
+        )
+        # One update id per distinct request, so a retry counts once and another request is its own.
+        update_id = "cancel" if shipments is None else "cancel-shipments-" + _digest(sorted(set(shipments)))
+        result = await self._update(view, UPDATE_CANCEL, request, update_id=update_id)
         if result is None:  # the workflow has ended: answer from its final state
             final = await self.get(caller, order_id)
             if final.status == OrderStatus.CANCELLED:
                 return final
+            if shipments is not None:
+                cancelled = {s.id for s in final.shipments if s.status == ShipmentStatus.CANCELLED}
+                if set(shipments) <= cancelled:
+                    return final
             raise InvalidOrderState(f"order is {final.status.value} and can no longer be cancelled")
+        return result
+
+    async def amend(self, caller: Caller, order_id: uuid.UUID, lines: Sequence[tuple[str, int]]) -> OrderView:
+        """Keep only these lines of an order awaiting the customer (drop or reduce what was not
+        available); the workflow checks them against what it reserved and recomputes the total."""
+        view = await self.get(caller, order_id)
+        request = AmendRequest(
+            lines=[AmendLine(sku=sku, quantity=quantity) for sku, quantity in lines], requested_by=caller.subject
+        )
+        update_id = "amend-" + _digest(sorted(lines))
+        result = await self._update(view, UPDATE_AMEND, request, update_id=update_id)
+        if result is None:
+            # Ended since: a retry of an amend that went through finds the order with exactly these lines.
+            final = await self.get(caller, order_id)
+            if sorted((line.sku, line.quantity) for line in final.items) == sorted(lines):
+                return final
+            raise InvalidOrderState(f"order is {final.status.value}, not awaiting the customer")
         return result
 
     async def review(self, caller: Caller, order_id: uuid.UUID, decision: str, note: str | None) -> OrderView:
@@ -334,7 +385,9 @@ class OrderService:
             raise DependencyUnavailable("workflow service") from error
 
     async def _update(self, view: OrderView, name: str, request, update_id: str | None = None) -> OrderView | None:
-        """Run an update; None when the workflow has already ended. Validator refusals -> InvalidOrderState."""
+        """Run an update; None when the workflow has already ended. Refusals by the validator or the
+        handler -> InvalidAmend / InvalidCancel for a request that can never be right for this order
+        (422), InvalidOrderState for anything else (409: not now, in this state)."""
         if view.status.is_terminal:
             return None
         handle = (await self._client()).get_workflow_handle(order_workflow_id(view.id))
@@ -367,13 +420,20 @@ class OrderService:
                     raise database_error(error) from error
                 if current is None:
                     raise DependencyUnavailable("workflow service") from None
-                current.cancel_requested = current.cancel_requested or name == UPDATE_CANCEL
+                # Only a cancel of the whole order shows as one in progress.
+                whole_cancel = name == UPDATE_CANCEL and getattr(request, "shipments", None) is None
+                current.cancel_requested = current.cancel_requested or whole_cancel
                 return current
         except WorkflowUpdateFailedError as error:  # refused by the validator or the handler
             cause = error.cause
-            raise InvalidOrderState(
-                cause.message if isinstance(cause, ApplicationError) else "the order refused this change"
-            ) from error
+            if isinstance(cause, ApplicationError) and cause.type in _REFUSED_ON_ITS_MERITS:
+                raise _REFUSED_ON_ITS_MERITS[cause.type](cause.message) from error
+            if isinstance(cause, ApplicationError) and cause.type == ERR_INVALID_STATE:
+                raise InvalidOrderState(cause.message) from error
+            # Anything else is not written for callers (e.g. a worker still on a version without
+            # this update names the handlers it has): refuse without the internals.
+            log.warning("update refused", update=name, order_id=str(view.id), cause=repr(cause))
+            raise InvalidOrderState("the order refused this change") from error
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 return None

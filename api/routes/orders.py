@@ -1,4 +1,4 @@
-"""Orders: submit, read, list, cancel, review, change the shipping address."""
+"""Orders: submit, read, list, cancel, amend, review, change the shipping address."""
 
 from __future__ import annotations
 
@@ -10,8 +10,18 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api.deps import Customer, CustomerOrOperator, Operator, Service
 from api.errors import ApiProblem
-from api.openapi import problems
-from api.schemas import CancelBody, Cursor, CustomerId, OrderCreate, OrderList, OrderView, ReviewBody, ShippingAddress
+from api.openapi import AMENDED_ORDER_EXAMPLE, SPLIT_ORDER_EXAMPLE, problems
+from api.schemas import (
+    AmendBody,
+    CancelBody,
+    Cursor,
+    CustomerId,
+    OrderCreate,
+    OrderList,
+    OrderView,
+    ReviewBody,
+    ShippingAddress,
+)
 from core.domain import OrderStatus
 from core.order_service import NewOrder
 
@@ -56,6 +66,10 @@ _SUBMIT = problems(
 )
 
 
+def _example(description: str, example: dict) -> dict:
+    return {"description": description, "content": {"application/json": {"example": example}}}
+
+
 def parse_idempotency_key(raw: str | None) -> str:
     """Accept a bare token or the draft's quoted string form; 1-255 visible ASCII characters."""
     if raw is None:
@@ -79,6 +93,21 @@ def parse_idempotency_key(raw: str | None) -> str:
     return match.group(1)
 
 
+def refuse_repeated_skus(skus: list[str]) -> None:
+    """422 naming every SKU that appears on more than one line (lines are never merged silently)."""
+    repeated = sorted({sku for sku in skus if skus.count(sku) > 1})
+    if repeated:
+        raise ApiProblem(
+            422,
+            "Repeated SKU",
+            f"each SKU may appear once; merge the lines of {', '.join(repeated)}",
+            slug="validation",
+            errors=[
+                {"loc": ["body", "items"], "msg": f"repeated SKU {sku}", "type": "repeated_sku"} for sku in repeated
+            ],
+        )
+
+
 @router.post(
     "",
     status_code=202,
@@ -98,18 +127,7 @@ async def submit_order(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
 ) -> OrderView:
     key = parse_idempotency_key(idempotency_key)
-    skus = [item.sku for item in body.items]
-    repeated = sorted({sku for sku in skus if skus.count(sku) > 1})
-    if repeated:
-        raise ApiProblem(
-            422,
-            "Repeated SKU",
-            f"each SKU may appear once; merge the lines of {', '.join(repeated)}",
-            slug="validation",
-            errors=[
-                {"loc": ["body", "items"], "msg": f"repeated SKU {sku}", "type": "repeated_sku"} for sku in repeated
-            ],
-        )
+    refuse_repeated_skus([item.sku for item in body.items])
     submission = await service.submit(
         caller,
         key,
@@ -136,7 +154,12 @@ async def list_orders(
     return OrderList(items=[OrderView.of(view) for view in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{order_id}", response_model=OrderView, summary="Read an order", responses=_ONE)
+@router.get(
+    "/{order_id}",
+    response_model=OrderView,
+    summary="Read an order",
+    responses={200: _example("An order split over two warehouses", SPLIT_ORDER_EXAMPLE), **_ONE},
+)
 async def get_order(order_id: uuid.UUID, caller: CustomerOrOperator, service: Service) -> OrderView:
     return OrderView.of(await service.get(caller, order_id))
 
@@ -144,13 +167,70 @@ async def get_order(order_id: uuid.UUID, caller: CustomerOrOperator, service: Se
 @router.post(
     "/{order_id}/cancel",
     response_model=OrderView,
-    summary="Cancel an order before it ships",
-    responses={**_ACTION, **problems(409, _409="Already shipped or ended otherwise")},
+    description="Without `shipments`, the whole order (refused once any shipment has left). With "
+    "`shipments`, only those (ids from the order's `shipments`), which must not have left yet.",
+    summary="Cancel an order, or some of its shipments, before they ship",
+    responses={
+        **_ACTION,
+        **problems(422, _422="Invalid body (see errors), or a shipment id the order does not have"),
+        **problems(
+            409,
+            _409="Already shipped or ended otherwise; with shipments left already, the detail names them",
+            examples={
+                409: {
+                    "detail": "shipments already handed to the carrier cannot be cancelled: "
+                    "3f0a8a4e-5b8e-5c55-9a61-7f5f2f0f8a11-WH-MAIN; cancel the pending ones by id",
+                    "instance": "/v1/orders/3f0a8a4e-5b8e-5c55-9a61-7f5f2f0f8a11/cancel",
+                }
+            },
+        ),
+    },
 )
 async def cancel_order(
     order_id: uuid.UUID, body: CancelBody, caller: CustomerOrOperator, service: Service
 ) -> OrderView:
-    return OrderView.of(await service.cancel(caller, order_id, body.reason))
+    shipments = list(dict.fromkeys(body.shipments)) if body.shipments is not None else None
+    return OrderView.of(await service.cancel(caller, order_id, body.reason, shipments))
+
+
+@router.post(
+    "/{order_id}/amend",
+    response_model=OrderView,
+    summary="Keep what is available of an order awaiting the customer",
+    description="Drop or reduce the lines that could not be reserved (see `unavailable`); the total is "
+    "recomputed from the prices at order time. Retrying the same amend is safe.",
+    responses={
+        200: _example("The order with the lines kept, its total recomputed", AMENDED_ORDER_EXAMPLE),
+        **_ACTION,
+        **problems(
+            409,
+            _409="Not awaiting the customer (already amended, cancelled, timed out, or never partly unavailable)",
+            examples={
+                409: {
+                    "detail": "order is payment_authorized, not awaiting the customer",
+                    "instance": "/v1/orders/3f0a8a4e-5b8e-5c55-9a61-7f5f2f0f8a11/amend",
+                }
+            },
+        ),
+        **problems(
+            422,
+            _422="Invalid body (see errors), a repeated SKU, or an amend the order refuses: an SKU it does not "
+            "have or more units than were reserved (the detail names the line)",
+            examples={
+                422: {
+                    "type": "https://orders.example/problems/invalid-amend",
+                    "title": "Invalid amend",
+                    "detail": "LAMP-BRS: at most 1 unit(s) were reserved, 3 asked",
+                    "errors": None,
+                    "instance": "/v1/orders/3f0a8a4e-5b8e-5c55-9a61-7f5f2f0f8a11/amend",
+                }
+            },
+        ),
+    },
+)
+async def amend_order(order_id: uuid.UUID, body: AmendBody, caller: CustomerOrOperator, service: Service) -> OrderView:
+    refuse_repeated_skus([item.sku for item in body.items])
+    return OrderView.of(await service.amend(caller, order_id, [(item.sku, item.quantity) for item in body.items]))
 
 
 @router.put(

@@ -1,10 +1,14 @@
-"""The order read model: every read and write of ``orders`` and ``order_events`` (and the tracking
-events kept beside a row) goes through :class:`OrderReadModel`.
+"""The order read model: every read and write of ``orders``, ``order_events`` and ``order_shipments``
+(and the tracking events kept beside a row) goes through :class:`OrderReadModel`.
 
 Three writers feed it: the gateway's ``received`` row, written in the same transaction as the
 Idempotency-Key claim (:meth:`OrderReadModel.insert_received`); the workflow's projection at every
 transition (:meth:`OrderReadModel.project`); and the tracking-only carrier events the gateway
 records without a workflow (:meth:`OrderReadModel.record_tracking`). Reads are keyset-paginated.
+
+An order with several shipments has a tracking number per shipment: the projection files each one
+in ``order_shipments``, so a carrier event for any of them finds its order (orders from before split
+shipments are found by ``orders.tracking_number``, the first shipment's).
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from core.db.tables import order_events, orders
+from core.db.tables import order_events, order_shipments, orders
 from core.domain import CarrierEvent, OrderStatus, OrderView
 
 
@@ -59,6 +63,24 @@ def with_tracking(view: dict, tracking: dict | None) -> OrderView:
         if extra:
             order.carrier_events = sorted([*order.carrier_events, *extra], key=lambda event: event.occurred_at)
     return order
+
+
+def _shipment_rows(view: OrderView) -> list[dict]:
+    """The ``order_shipments`` rows of a view: one per shipment that has a tracking number."""
+    return [
+        {"tracking_number": shipment.tracking_number, "order_id": view.id, "shipment_id": shipment.id}
+        for shipment in view.shipments
+        if shipment.tracking_number is not None
+    ]
+
+
+def _has_tracking_number(tracking_number: str) -> ColumnElement[bool]:
+    """The order one of whose shipments has this tracking number. The shipment lookup is a scalar
+    subquery (evaluated once), so both arms are index lookups."""
+    shipment_order = (
+        select(order_shipments.c.order_id).where(order_shipments.c.tracking_number == tracking_number).scalar_subquery()
+    )
+    return or_(orders.c.tracking_number == tracking_number, orders.c.id == shipment_order)
 
 
 class InvalidCursor(ValueError):
@@ -120,16 +142,22 @@ class OrderReadModel:
                 )
             )
             await conn.execute(insert(order_events).values(_event_rows(view)).on_conflict_do_nothing())
+            shipments = _shipment_rows(view)
+            if shipments:
+                # A tracking number, once given, names its shipment for good: repeats change nothing.
+                await conn.execute(insert(order_shipments).values(shipments).on_conflict_do_nothing())
 
     async def record_tracking(self, tracking_number: str, event: CarrierEvent) -> uuid.UUID | None:
-        """Keep a tracking-only carrier event of the order with this tracking number (the first
-        time reported wins, so repeats change nothing); its id, or None for an unknown number."""
+        """Keep a tracking-only carrier event of the order with this tracking number, that of any of
+        its shipments (the first time reported wins, so repeats change nothing; for an order with
+        several shipments that is the first shipment to report it); its id, or None for an unknown
+        number."""
         first = func.jsonb_build_object(event.event.value, literal(event.occurred_at.isoformat()))
         async with self._engine.begin() as conn:
             return (
                 await conn.execute(
                     update(orders)
-                    .where(orders.c.tracking_number == tracking_number)
+                    .where(_has_tracking_number(tracking_number))
                     .values(tracking=first.op("||", return_type=JSONB)(orders.c.tracking))
                     .returning(orders.c.id)
                 )
@@ -145,7 +173,7 @@ class OrderReadModel:
     async def find_by_tracking_number(self, tracking_number: str) -> OrderView | None:
         async with self._engine.connect() as conn:
             view = (
-                await conn.execute(select(orders.c.view).where(orders.c.tracking_number == tracking_number))
+                await conn.execute(select(orders.c.view).where(_has_tracking_number(tracking_number)))
             ).scalar_one_or_none()
         return OrderView.model_validate(view) if view is not None else None
 

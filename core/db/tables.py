@@ -110,6 +110,18 @@ orders = Table(
     Index("ix_orders_created", "created_at", "id"),
 )
 
+# Every tracking number of an order's shipments -> the order (carrier webhooks name a tracking number).
+# Written by the projection whenever a view with shipments is projected; orders from before split
+# shipments are found by `orders.tracking_number` only.
+order_shipments = Table(
+    "order_shipments",
+    metadata,
+    Column("tracking_number", String(64), primary_key=True),
+    Column("order_id", Uuid, ForeignKey("orders.id", ondelete="CASCADE"), nullable=False),
+    Column("shipment_id", String(128), nullable=False),
+    Index("ix_order_shipments_order_id", "order_id"),
+)
+
 order_events = Table(
     "order_events",
     metadata,

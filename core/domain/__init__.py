@@ -4,6 +4,8 @@ from core.domain.allocation import allocate
 from core.domain.errors import (
     DependencyUnavailable,
     IdempotencyKeyReused,
+    InvalidAmend,
+    InvalidCancel,
     InvalidOrderState,
     MixedCurrencies,
     OrderError,
@@ -52,6 +54,8 @@ from core.domain.models import (
 )
 from core.domain.names import (
     ACTIVITY_CONCERNS,
+    ERR_INVALID_AMEND,
+    ERR_INVALID_CANCEL,
     ERR_INVALID_STATE,
     ERR_OUT_OF_STOCK,
     ERR_PAYMENT_DECLINED,
@@ -82,6 +86,8 @@ __all__ = [
     "allocate",
     "DependencyUnavailable",
     "IdempotencyKeyReused",
+    "InvalidAmend",
+    "InvalidCancel",
     "InvalidOrderState",
     "MixedCurrencies",
     "OrderError",
@@ -121,6 +127,8 @@ __all__ = [
     "UnavailableLine",
     "VoidUnknownAuthorization",
     "ACTIVITY_CONCERNS",
+    "ERR_INVALID_AMEND",
+    "ERR_INVALID_CANCEL",
     "ERR_INVALID_STATE",
     "ERR_OUT_OF_STOCK",
     "ERR_PAYMENT_DECLINED",

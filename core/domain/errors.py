@@ -15,6 +15,16 @@ class InvalidOrderState(OrderError):
     """The order's state does not allow the action (cancel after shipping, review when not awaiting)."""
 
 
+class InvalidAmend(OrderError):
+    """The order refused an amend on its merits (an SKU it does not have, more units than were
+    reserved, no line left); the message names what is wrong. Retrying the same amend cannot help."""
+
+
+class InvalidCancel(OrderError):
+    """The order refused a cancel of shipments on its merits (a shipment id it does not have); the
+    message names it. Retrying the same cancel cannot help."""
+
+
 class UnknownSkus(OrderError):
     def __init__(self, skus: list[str]) -> None:
         super().__init__(f"unknown SKU(s): {', '.join(skus)}")

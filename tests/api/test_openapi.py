@@ -53,7 +53,7 @@ async def test_answers_naming_an_order_link_to_the_operations_on_it(gateway_clie
         if path.startswith("/v1/orders/{order_id}")
         for method in operations
     }
-    assert len(on_an_order) == 4
+    assert len(on_an_order) == 5
     for path, method, status, expression in [
         ("/v1/orders", "post", "202", "$response.body#/id"),
         ("/v1/orders", "get", "200", "$response.body#/items/0/id"),

@@ -115,3 +115,50 @@ async def test_stock_moves_into_the_default_warehouse_and_back(database):
     finally:
         await engine.dispose()
         await drop_database(database.admin_dsn, name)
+
+
+async def test_order_shipments_comes_and_goes_without_touching_orders(database):
+    """0003 -> head: every tracking number of an order findable; back to 0003: orders intact."""
+    name = f"migrations_{uuid.uuid4().hex[:8]}"
+    await create_database(database.admin_dsn, name)
+    url = f"postgresql+asyncpg://postgres@{database.host}:{database.port}/{name}"
+    engine = create_async_engine(url)
+    order_id = uuid.uuid4()
+    try:
+        await asyncio.to_thread(upgrade, url, "0003")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO orders (id, customer_id, status, total, currency, tracking_number, view, seq,"
+                    " created_at, updated_at) VALUES (:id, 'c', 'shipped', 100, 'EUR', 'TRK-1', '{}', 4, now(), now())"
+                ),
+                {"id": order_id},
+            )
+        await asyncio.to_thread(upgrade, url)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO order_shipments (tracking_number, order_id, shipment_id) VALUES"
+                    " ('TRK-1', :id, 'WH-A'), ('TRK-2', :id, 'WH-B')"
+                ),
+                {"id": order_id},
+            )
+            found = await conn.execute(text("SELECT order_id FROM order_shipments WHERE tracking_number = 'TRK-2'"))
+            assert found.scalar_one() == order_id
+        await asyncio.to_thread(downgrade, url, "0003")
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
+            assert "order_shipments" not in tables
+            assert (await conn.execute(text("SELECT tracking_number FROM orders"))).scalars().all() == ["TRK-1"]
+        await asyncio.to_thread(upgrade, url)
+        async with engine.begin() as conn:
+            # Deleting an order takes its tracking numbers with it.
+            await conn.execute(
+                text("INSERT INTO order_shipments (tracking_number, order_id, shipment_id) VALUES ('TRK-3', :id, 'x')"),
+                {"id": order_id},
+            )
+            await conn.execute(text("DELETE FROM orders WHERE id = :id"), {"id": order_id})
+            assert (await conn.execute(text("SELECT count(*) FROM order_shipments"))).scalar_one() == 0
+    finally:
+        await engine.dispose()
+        await drop_database(database.admin_dsn, name)

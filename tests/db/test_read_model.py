@@ -7,11 +7,20 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from core.db.read_model import OrderReadModel
-from core.db.tables import order_events, orders
-from core.domain import CarrierEvent, CarrierEventKind, OrderLine, OrderStatus, OrderView, StatusChange
+from core.db.tables import order_events, order_shipments, orders
+from core.domain import (
+    CarrierEvent,
+    CarrierEventKind,
+    OrderLine,
+    OrderStatus,
+    OrderView,
+    ShipmentStatus,
+    ShipmentView,
+    StatusChange,
+)
 from tests.harness import random_ref
 from tests.support import ADDRESS
 
@@ -132,3 +141,70 @@ async def test_tracking_events_sit_beside_the_projection_and_survive_it(engine):
     await read_model.project(5, advanced(shipped, OrderStatus.COMPLETED))
     assert (await read_model.get(view.id)).carrier_events == [picked_up]
     assert await read_model.find_by_tracking_number(tracking_number) == advanced(shipped, OrderStatus.COMPLETED)
+
+
+def split(view: OrderView, *tracking_numbers: str) -> OrderView:
+    """``view`` shipped as one parcel per tracking number (one shipment per warehouse)."""
+    shipped = advanced(view, OrderStatus.STOCK_RESERVED, OrderStatus.PAYMENT_AUTHORIZED, OrderStatus.SHIPPED)
+    shipped.shipments = [
+        ShipmentView(
+            id=f"WH-{n}",
+            warehouse_id=f"WH-{n}",
+            items=view.items,
+            amount=view.total,
+            status=ShipmentStatus.SHIPPED,
+            tracking_number=number,
+        )
+        for n, number in enumerate(tracking_numbers)
+    ]
+    shipped.tracking_number = tracking_numbers[0]
+    return shipped
+
+
+async def test_every_shipments_tracking_number_finds_its_order(engine):
+    read_model, view = OrderReadModel(engine), received()
+    first, second = random_ref("TRK"), random_ref("TRK")
+    await read_model.project(1, view)
+    assert await read_model.find_by_tracking_number(second) is None
+    await read_model.project(4, split(view, first, second))
+    await read_model.project(4, split(view, first, second))  # a retried projection changes nothing
+
+    for number in (first, second):
+        found = await read_model.find_by_tracking_number(number)
+        assert found is not None and found.id == view.id, number
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(order_shipments.c.tracking_number, order_shipments.c.shipment_id).where(
+                    order_shipments.c.order_id == view.id
+                )
+            )
+        ).all()
+    assert sorted(rows) == sorted([(first, "WH-0"), (second, "WH-1")])
+
+    # Tracking-only events of the second parcel are kept on its order too; unknown numbers are not.
+    picked_up = CarrierEvent(event=CarrierEventKind.PICKED_UP, occurred_at=T0 + timedelta(hours=1))
+    assert await read_model.record_tracking(second, picked_up) == view.id
+    assert await read_model.record_tracking(random_ref("TRK"), picked_up) is None
+    stored_view = await read_model.get(view.id)
+    assert stored_view is not None
+    assert [event.event for event in stored_view.carrier_events] == [CarrierEventKind.PICKED_UP]
+
+
+async def test_an_order_from_before_split_shipments_is_found_by_its_one_tracking_number(engine):
+    read_model, view = OrderReadModel(engine), received()
+    number = random_ref("TRK")
+    shipped = advanced(view, OrderStatus.STOCK_RESERVED, OrderStatus.PAYMENT_AUTHORIZED, OrderStatus.SHIPPED)
+    shipped.tracking_number = number  # no shipments on the view: the workflow before split shipments
+    await read_model.project(4, shipped)
+    found = await read_model.find_by_tracking_number(number)
+    assert found is not None and found.id == view.id
+    in_transit = CarrierEvent(event=CarrierEventKind.IN_TRANSIT, occurred_at=T0 + timedelta(hours=2))
+    assert await read_model.record_tracking(number, in_transit) == view.id
+    async with engine.connect() as conn:
+        count = (
+            await conn.execute(
+                select(func.count()).select_from(order_shipments).where(order_shipments.c.order_id == view.id)
+            )
+        ).scalar_one()
+    assert count == 0
