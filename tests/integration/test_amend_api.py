@@ -14,11 +14,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import delete
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from core.db.read_model import OrderReadModel
+from core.db.tables import order_events, orders
 from core.domain import (
     ERR_INVALID_AMEND,
     ERR_INVALID_CANCEL,
@@ -36,6 +38,7 @@ from core.domain import (
     ShipmentView,
     StatusChange,
     UnavailableLine,
+    order_id_from_workflow_id,
     order_workflow_id,
 )
 from tests.harness import random_ref, wait_for
@@ -139,8 +142,15 @@ async def stand_in(temporal_client, engine):
         temporal_client, task_queue=task_queue, workflows=[StandInOrder], workflow_runner=UnsandboxedWorkflowRunner()
     ):
         yield start
+        # Leave nothing behind for later tests in the session (an operator's fuzzing run lists every
+        # order): each stand-in ends while its worker still runs, and its read-model row goes.
         for handle in started:
             await handle.signal(StandInOrder.finish)
+            await handle.result()
+    async with engine.begin() as conn:
+        ids = [order_id_from_workflow_id(handle.id) for handle in started]
+        await conn.execute(delete(order_events).where(order_events.c.order_id.in_(ids)))
+        await conn.execute(delete(orders).where(orders.c.id.in_(ids)))
 
 
 def waiting_view(customer: str) -> OrderView:
