@@ -36,6 +36,7 @@ from core.domain.models import (
     PaymentAction,
     PaymentAuthorization,
     ProjectOrder,
+    ReduceReservation,
     RefundRecord,
     ReviewDecision,
     ReviewRecord,
@@ -52,6 +53,8 @@ from core.domain.models import (
 )
 from core.domain.names import (
     ACTIVITY_CONCERNS,
+    ERR_INVALID_AMEND,
+    ERR_INVALID_CANCEL,
     ERR_INVALID_STATE,
     ERR_OUT_OF_STOCK,
     ERR_PAYMENT_DECLINED,
@@ -110,6 +113,7 @@ __all__ = [
     "PaymentAction",
     "PaymentAuthorization",
     "ProjectOrder",
+    "ReduceReservation",
     "ReviewDecision",
     "ReviewRecord",
     "ReviewRequest",
@@ -121,6 +125,8 @@ __all__ = [
     "UnavailableLine",
     "VoidUnknownAuthorization",
     "ACTIVITY_CONCERNS",
+    "ERR_INVALID_AMEND",
+    "ERR_INVALID_CANCEL",
     "ERR_INVALID_STATE",
     "ERR_OUT_OF_STOCK",
     "ERR_PAYMENT_DECLINED",

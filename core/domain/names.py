@@ -19,6 +19,10 @@ ERR_OUT_OF_STOCK = "OutOfStock"
 ERR_PAYMENT_DECLINED = "PaymentDeclined"
 ERR_PROVIDER_REJECTED = "ProviderRejected"  # any other 4xx from a provider
 ERR_INVALID_STATE = "InvalidOrderState"
+# A request that can never be right for this order (the gateway answers 422, not 409): an amend
+# naming a line the order lacks or more than was reserved, a cancel naming a shipment it lacks.
+ERR_INVALID_AMEND = "InvalidAmend"
+ERR_INVALID_CANCEL = "InvalidCancel"
 
 # Namespace of the UUIDv5 that turns (customer, Idempotency-Key) into an order id.
 ORDER_ID_NAMESPACE = uuid.UUID("8d1c64c8-6f57-4c55-9f0e-7f8b2d0e4a11")
