@@ -42,6 +42,7 @@ from core.domain import (
     SIGNAL_CARRIER_EVENT,
     UPDATE_CANCEL,
     UPDATE_REVIEW,
+    AllocationLine,
     AuthorizePayment,
     CancelRequest,
     CancelShipment,
@@ -55,11 +56,15 @@ from core.domain import (
     PaymentAction,
     PaymentAuthorization,
     ProjectOrder,
+    ReduceReservation,
     ReviewDecision,
     ReviewRequest,
     Shipment,
+    ShipmentStatus,
+    StockAllocation,
     StockRelease,
     StockRequest,
+    UnavailableLine,
     VoidUnknownAuthorization,
     order_workflow_id,
     provider_key,
@@ -96,6 +101,10 @@ class FakeOrderActivities:
         self.hold_projection_of: OrderStatus | None = None
         self.projection_gate = asyncio.Event()
         self.projection_held = asyncio.Event()
+        # Where reserve_stock finds each SKU: {sku: [(warehouse, units), ...]} in preference order;
+        # a SKU not listed is available in full in HOME.
+        self.stock: dict[str, list[tuple[str, int]]] = {}
+        self.allocation = StockAllocation()
 
     def _record(self, name: str, request: Any) -> None:
         self.calls.append(name)
@@ -104,8 +113,38 @@ class FakeOrderActivities:
             raise self.errors[name]()
 
     @activity.defn(name="reserve_stock")
-    async def reserve_stock(self, request: StockRequest) -> None:
+    async def reserve_stock(self, request: StockRequest) -> StockAllocation:
         self._record("reserve_stock", request)
+        lines, unavailable = [], []
+        for line in request.lines:
+            wanted = line.quantity
+            for warehouse, units in self.stock.get(line.sku, [(HOME, line.quantity)]):
+                if take := min(units, wanted):
+                    lines.append(AllocationLine(warehouse_id=warehouse, sku=line.sku, quantity=take))
+                    wanted -= take
+            if wanted:
+                unavailable.append(UnavailableLine(sku=line.sku, quantity=wanted))
+        lines.sort(key=lambda part: [w for w, _ in self.stock.get(part.sku, [(HOME, 0)])].index(part.warehouse_id))
+        self.allocation = StockAllocation(lines=lines, unavailable=unavailable)
+        return self.allocation
+
+    @activity.defn(name="reduce_reservation")
+    async def reduce_reservation(self, request: ReduceReservation) -> StockAllocation:
+        """Keeps ``keep`` of the last allocation, giving back from its last warehouse first."""
+        self._record("reduce_reservation", request)
+        surplus = defaultdict(int)
+        for line in self.allocation.lines:
+            surplus[line.sku] += line.quantity
+        for sku in surplus:
+            surplus[sku] -= request.keep.get(sku, 0)
+        kept = []
+        for line in reversed(self.allocation.lines):
+            take = min(line.quantity, surplus[line.sku])
+            surplus[line.sku] -= take
+            if line.quantity - take:
+                kept.insert(0, line.model_copy(update={"quantity": line.quantity - take}))
+        self.allocation = StockAllocation(lines=kept)
+        return self.allocation
 
     @activity.defn(name="release_stock")
     async def release_stock(self, request: StockRelease) -> None:
@@ -143,7 +182,7 @@ class FakeOrderActivities:
         self.shipment_started.set()
         if self.shipment_gate is not None:
             await self.shipment_gate.wait()
-        return Shipment(tracking_number=tracking_number(request.order_id))
+        return Shipment(tracking_number=tracking_number(request.order_id, request.warehouse_id))
 
     @activity.defn(name="cancel_shipment")
     async def cancel_shipment(self, request: CancelShipment) -> None:
@@ -169,8 +208,13 @@ def activity_name(fn: Callable) -> str | None:
     return definition.name if definition else None
 
 
-def tracking_number(order_id: uuid.UUID) -> str:
-    return f"TRK-{order_id.hex[:12].upper()}"
+HOME = "WH-A"  # the warehouse of every SKU the test does not place elsewhere
+
+
+def tracking_number(order_id: uuid.UUID, warehouse: str | None = HOME) -> str:
+    """The fake carrier's tracking number of the order's parcel from ``warehouse``."""
+    base = f"TRK-{order_id.hex[:12].upper()}"
+    return base if warehouse in (None, HOME) else f"{base}-{warehouse}"
 
 
 def declined() -> ApplicationError:
@@ -325,8 +369,17 @@ async def test_happy_path_calls_each_activity_once_with_keys_derived_from_the_or
     assert (authorize.amount, authorize.idempotency_key) == (2_500, provider_key(order.order_id, "authorize"))
     [capture] = fakes.requests["capture_payment"]
     assert capture.authorization_id == f"auth-{order.order_id.hex[:12]}"
-    assert capture.idempotency_key == provider_key(order.order_id, "capture")
-    assert fakes.requests["create_shipment"][0].idempotency_key == provider_key(order.order_id, "ship")
+    # One shipment from the one warehouse: its own carrier key, its capture closes the authorization.
+    assert (capture.idempotency_key, capture.amount, capture.final_capture) == (
+        provider_key(order.order_id, "capture-S1"),
+        2_500,
+        True,
+    )
+    [create] = fakes.requests["create_shipment"]
+    assert (create.idempotency_key, create.warehouse_id) == (provider_key(order.order_id, f"ship-{HOME}"), HOME)
+    [commit] = fakes.requests["commit_stock"]
+    assert commit.warehouse_id == HOME
+    assert [(s.id, s.status, s.amount) for s in final.shipments] == [("S1", ShipmentStatus.DELIVERED, 2_500)]
     # The local projection activity: every transition after `received` (the gateway wrote that row),
     # with a sequence number that only grows, ending on the final view.
     assert [p.view.status.value for p in fakes.projected] == statuses(final)[1:]
@@ -405,7 +458,8 @@ async def test_lost_parcel_after_capture_is_refunded_and_the_stock_stays_deducte
     assert outcome(final) == (OrderStatus.FAILED, FailureReason.LOST_IN_TRANSIT)
     assert fakes.calls == [*HAPPY, "refund_payment"]
     [refund] = fakes.requests["refund_payment"]
-    assert (refund.amount, refund.idempotency_key) == (990, provider_key(order.order_id, "refund"))
+    assert (refund.amount, refund.idempotency_key) == (990, provider_key(order.order_id, "refund-S1"))
+    assert [(r.amount, r.shipment_id) for r in final.refunds] == [(990, "S1")]
 
 
 async def test_an_event_for_another_parcel_is_ignored(start, fake_workers, fakes):
