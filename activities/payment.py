@@ -43,7 +43,11 @@ class PaymentActivities:
 
     @activity.defn(name="capture_payment")
     async def capture_payment(self, request: PaymentAction) -> None:
-        await self._act(request, "capture", {"amount": request.amount})
+        # Only a partial capture says so: a final one sends the same body as before multicapture.
+        body: dict = (
+            {"amount": request.amount} if request.final_capture else {"amount": request.amount, "final_capture": False}
+        )
+        await self._act(request, "capture", body)
 
     @activity.defn(name="void_payment")
     async def void_payment(self, request: PaymentAction) -> None:

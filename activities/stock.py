@@ -22,6 +22,7 @@ from core.db.tables import stock_reservations, warehouse_stock, warehouses
 from core.domain import (
     ERR_OUT_OF_STOCK,
     AllocationLine,
+    ReduceReservation,
     StockAllocation,
     StockRelease,
     StockRequest,
@@ -129,6 +130,60 @@ class StockActivities:
         """Turn the order's reservations (or its part in ``warehouse_id``) into a deduction of
         on_hand: the goods left the warehouse."""
         await self._settle(request, new_state="committed", deduct_on_hand=True)
+
+    @activity.defn(name="reduce_reservation")
+    async def reduce_reservation(self, request: ReduceReservation) -> StockAllocation:
+        """Cut the order's reservation down to ``keep`` (what the customer kept when amending) and
+        return what stays reserved, in the rule's order.
+
+        Surplus units go back from the least preferred warehouse first, so what stays is what the
+        preferred warehouses hold and the order keeps as few shipments as it can. Idempotent: a
+        retry finds nothing above ``keep`` and changes nothing.
+        """
+        now = datetime.now(UTC)
+        r = stock_reservations
+        async with self._engine.begin() as conn:
+            # Locked in (warehouse, sku) order, like every other writer of these rows.
+            rows = (
+                await conn.execute(
+                    select(r.c.warehouse_id, r.c.sku, r.c.quantity, warehouses.c.preference)
+                    .join(warehouses, warehouses.c.id == r.c.warehouse_id)
+                    .where(and_(r.c.order_id == request.order_id, r.c.state == "reserved"))
+                    .order_by(r.c.warehouse_id, r.c.sku)
+                    .with_for_update(of=r)
+                )
+            ).all()
+            held: dict[str, int] = defaultdict(int)
+            for row in rows:
+                held[row.sku] += row.quantity
+            surplus = {sku: quantity - request.keep.get(sku, 0) for sku, quantity in held.items()}
+            giving_back: list[tuple[str, str, int, int]] = []  # (warehouse, sku, released, left)
+            for row in sorted(rows, key=lambda row: (-row.preference, row.sku)):
+                take = min(row.quantity, max(surplus[row.sku], 0))
+                if take:
+                    surplus[row.sku] -= take
+                    giving_back.append((row.warehouse_id, row.sku, take, row.quantity - take))
+            for warehouse_id, sku, released, left in sorted(giving_back):
+                mine = and_(r.c.order_id == request.order_id, r.c.warehouse_id == warehouse_id, r.c.sku == sku)
+                # A row given back whole keeps its quantity and says released, as release_stock leaves it.
+                values = {"quantity": left} if left else {"state": "released"}
+                await conn.execute(update(r).where(mine).values(**values, updated_at=now))
+                await conn.execute(
+                    update(warehouse_stock)
+                    .where(and_(warehouse_stock.c.warehouse_id == warehouse_id, warehouse_stock.c.sku == sku))
+                    .values(reserved=warehouse_stock.c.reserved - released)
+                )
+            kept = (
+                await conn.execute(
+                    select(r.c.warehouse_id, r.c.sku, r.c.quantity)
+                    .join(warehouses, warehouses.c.id == r.c.warehouse_id)
+                    .where(and_(r.c.order_id == request.order_id, r.c.state == "reserved"))
+                    .order_by(warehouses.c.preference, r.c.sku)
+                )
+            ).all()
+        return StockAllocation(
+            lines=[AllocationLine(warehouse_id=row.warehouse_id, sku=row.sku, quantity=row.quantity) for row in kept]
+        )
 
     async def _settle(self, request: StockRelease, *, new_state: str, deduct_on_hand: bool) -> None:
         now = datetime.now(UTC)

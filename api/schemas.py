@@ -140,6 +140,9 @@ class StatusChange(_Public):
 class CarrierEvent(_Public):
     event: CarrierEventKind
     occurred_at: datetime
+    # The parcel the event is about (an order split across warehouses ships several); null on
+    # events recorded before orders had several parcels.
+    tracking_number: str | None = None
 
 
 class ReviewRecord(_Public):

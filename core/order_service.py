@@ -355,7 +355,9 @@ class OrderService:
     async def carrier_event(self, signal: CarrierEventSignal) -> None:
         try:
             if signal.event in TRACKING_ONLY:
-                event = CarrierEvent(event=signal.event, occurred_at=signal.occurred_at)
+                event = CarrierEvent(
+                    event=signal.event, occurred_at=signal.occurred_at, tracking_number=signal.tracking_number
+                )
                 if await self._read_model.record_tracking(signal.tracking_number, event) is None:
                     raise OrderNotFound(f"unknown tracking number {signal.tracking_number}")
                 return

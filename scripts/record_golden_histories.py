@@ -35,16 +35,21 @@ from core.domain import (  # noqa: E402
     ORDER_WORKFLOW,
     QUERY_ORDER,
     SIGNAL_CARRIER_EVENT,
+    UPDATE_AMEND,
     UPDATE_CANCEL,
     UPDATE_REVIEW,
+    AmendLine,
+    AmendRequest,
     CancelRequest,
     CarrierEventKind,
     CarrierEventSignal,
     OrderInput,
+    OrderLine,
     OrderStatus,
     OrderView,
     ReviewDecision,
     ReviewRequest,
+    ShipmentStatus,
     order_workflow_id,
 )
 from core.search_attributes import ensure_search_attributes  # noqa: E402
@@ -53,7 +58,7 @@ from devstack.binaries import temporal_test_server_path  # noqa: E402
 from devstack.postgres import EmbeddedPostgres  # noqa: E402
 from devstack.processes import free_port  # noqa: E402
 from tests.harness import Database, create_database, start_sandbox, test_settings, wait_for  # noqa: E402
-from tests.support import new_sku, order_input  # noqa: E402
+from tests.support import new_sku, new_warehouses, order_input, stocked_sku  # noqa: E402
 from workers.main import build_workers  # noqa: E402
 
 Scenario = Callable[[WorkflowEnvironment, str, object], Awaitable[WorkflowHandle]]
@@ -94,7 +99,8 @@ async def happy(env, queue, engine):
 
 
 async def out_of_stock(env, queue, engine):
-    return await _start(env, queue, order_input(await new_sku(engine, on_hand=1), quantity=2))
+    # None anywhere: since split shipments a partly available order waits for the customer instead.
+    return await _start(env, queue, order_input(await new_sku(engine, on_hand=0), quantity=2))
 
 
 async def decline(env, queue, engine):
@@ -129,6 +135,57 @@ async def lost_parcel(env, queue, engine):
     return handle
 
 
+async def _two_warehouse_order(engine, *, mugs_in_first: int = 5, mugs: int = 2, **overrides) -> OrderInput:
+    """Mugs in the first warehouse, a lamp in the second: one shipment from each."""
+    first, second = await new_warehouses(engine, 2)
+    mug, lamp = await stocked_sku(engine, {first: mugs_in_first}), await stocked_sku(engine, {second: 3})
+    order = order_input(mug, quantity=mugs, price=1_250, **overrides)
+    lines = [*order.lines, OrderLine(sku=lamp, quantity=1, unit_price=4_000)]
+    return order.model_copy(update={"lines": lines, "total": mugs * 1_250 + 4_000})
+
+
+async def _deliver_each(handle: WorkflowHandle, *events: CarrierEventKind) -> None:
+    """Once every shipment has left, send each its event (in the order of the shipments)."""
+
+    async def all_left():
+        view = await handle.query(QUERY_ORDER, result_type=OrderView)
+        left = view.status == OrderStatus.SHIPPED
+        return view if left and all(s.status != ShipmentStatus.PENDING for s in view.shipments) else None
+
+    view = await wait_for(all_left, timeout=60, what="every shipment shipped")
+    for shipment, event in zip(view.shipments, events, strict=True):
+        await handle.signal(
+            SIGNAL_CARRIER_EVENT,
+            CarrierEventSignal(tracking_number=shipment.tracking_number, event=event, occurred_at=datetime.now(UTC)),
+        )
+
+
+async def split(env, queue, engine):
+    handle = await _start(env, queue, await _two_warehouse_order(engine))
+    await _deliver_each(handle, CarrierEventKind.DELIVERED, CarrierEventKind.DELIVERED)
+    return handle
+
+
+async def amended(env, queue, engine):
+    order = await _two_warehouse_order(engine, mugs_in_first=1, mugs=2)
+    handle = await _start(env, queue, order)
+    await _reach(handle, OrderStatus.AWAITING_CUSTOMER)
+    kept = [AmendLine(sku=line.sku, quantity=1) for line in order.lines]
+    await handle.execute_update(UPDATE_AMEND, AmendRequest(lines=kept))
+    await _deliver_each(handle, CarrierEventKind.DELIVERED, CarrierEventKind.DELIVERED)
+    return handle
+
+
+async def customer_timeout(env, queue, engine):
+    return await _start(env, queue, await _two_warehouse_order(engine, mugs_in_first=1, mugs=2))
+
+
+async def partly_lost(env, queue, engine):
+    handle = await _start(env, queue, await _two_warehouse_order(engine))
+    await _deliver_each(handle, CarrierEventKind.DELIVERED, CarrierEventKind.LOST)
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
     "happy": happy,
     "out_of_stock": out_of_stock,
@@ -137,6 +194,11 @@ SCENARIOS: dict[str, Scenario] = {
     "review_timeout": review_timeout,
     "cancel": cancel,
     "lost_parcel": lost_parcel,
+    # Multi-warehouse fulfilment (PATCH_SPLIT_SHIPMENTS).
+    "split": split,
+    "amended": amended,
+    "customer_timeout": customer_timeout,
+    "partly_lost": partly_lost,
 }
 
 
@@ -171,7 +233,7 @@ async def record(target: Path) -> None:
                         history = await handle.fetch_history()
                         (target / f"{scenario}.json").write_text(history.to_json())
                         print(
-                            f"{scenario:15} {final.status.value}/{final.failure_reason and final.failure_reason.value}"
+                            f"{scenario:17} {final.status.value}/{final.failure_reason and final.failure_reason.value}"
                             f"  {len(history.events)} events",
                             flush=True,
                         )

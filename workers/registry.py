@@ -40,7 +40,11 @@ def queue_specs(
     projection = ProjectionActivities(engine)
     return {
         "orchestration": QueueSpec(base, WORKFLOWS, [projection.project_order]),
-        "inventory": QueueSpec(f"{base}-inventory", (), [stock.reserve_stock, stock.release_stock, stock.commit_stock]),
+        "inventory": QueueSpec(
+            f"{base}-inventory",
+            (),
+            [stock.reserve_stock, stock.release_stock, stock.commit_stock, stock.reduce_reservation],
+        ),
         "payments": QueueSpec(
             f"{base}-payments",
             (),

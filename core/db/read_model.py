@@ -58,8 +58,14 @@ def with_tracking(view: dict, tracking: dict | None) -> OrderView:
     event as a signal) is not repeated."""
     order = OrderView.model_validate(view)
     if tracking:
-        known = {event.event for event in order.carrier_events}
-        extra = [CarrierEvent(event=name, occurred_at=at) for name, at in tracking.items() if name not in known]
+        known = {(event.event.value, event.tracking_number) for event in order.carrier_events}
+        known |= {(event.event.value, None) for event in order.carrier_events}
+        extra = []
+        for key, at in tracking.items():
+            # "<event>@<tracking number>" per parcel; a bare "<event>" from before orders had several.
+            name, _, number = key.partition("@")
+            if (name, number or None) not in known:
+                extra.append(CarrierEvent(event=name, occurred_at=at, tracking_number=number or None))
         if extra:
             order.carrier_events = sorted([*order.carrier_events, *extra], key=lambda event: event.occurred_at)
     return order
@@ -149,10 +155,10 @@ class OrderReadModel:
 
     async def record_tracking(self, tracking_number: str, event: CarrierEvent) -> uuid.UUID | None:
         """Keep a tracking-only carrier event of the order with this tracking number, that of any of
-        its shipments (the first time reported wins, so repeats change nothing; for an order with
-        several shipments that is the first shipment to report it); its id, or None for an unknown
-        number."""
-        first = func.jsonb_build_object(event.event.value, literal(event.occurred_at.isoformat()))
+        its shipments (the first time reported wins per parcel, so repeats change nothing); its id,
+        or None for an unknown number."""
+        key = f"{event.event.value}@{tracking_number}"
+        first = func.jsonb_build_object(key, literal(event.occurred_at.isoformat()))
         async with self._engine.begin() as conn:
             return (
                 await conn.execute(

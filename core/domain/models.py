@@ -115,6 +115,8 @@ class StatusChange(_Model):
 class CarrierEvent(_Model):
     event: CarrierEventKind
     occurred_at: datetime
+    # Which parcel it is about (an order may ship several); None on views of older orders.
+    tracking_number: str | None = None
 
 
 class ReviewRecord(_Model):
@@ -276,6 +278,14 @@ class StockRequest(_Model):
     allow_partial: bool = False
 
 
+class ReduceReservation(_Model):
+    """Keep only ``keep`` (sku -> units) of an order's reservation, releasing the rest (SKUs left
+    out are released entirely); the least preferred warehouses give back first."""
+
+    order_id: uuid.UUID
+    keep: dict[str, int]
+
+
 class StockRelease(_Model):
     order_id: uuid.UUID
     # None settles every warehouse of the order; a warehouse id settles only that shipment's part.
@@ -303,6 +313,9 @@ class PaymentAction(_Model):
     amount: int
     currency: str
     idempotency_key: str
+    # Capture only: False leaves the authorization open for the captures of later shipments (the
+    # provider's final_capture); a final capture releases whatever stays uncaptured.
+    final_capture: bool = True
 
 
 class VoidUnknownAuthorization(_Model):

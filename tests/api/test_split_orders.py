@@ -274,4 +274,6 @@ async def test_a_carrier_event_for_the_second_shipment_finds_its_order(gateway_c
             )
             assert response.status_code == expected, response.text
         read = (await http.get(f"/v1/orders/{view.id}", headers=bearer(customer))).json()
-    assert read["carrier_events"] == [{"event": "picked_up", "occurred_at": "2026-12-04T15:00:00Z"}]
+    assert read["carrier_events"] == [
+        {"event": "picked_up", "occurred_at": "2026-12-04T15:00:00Z", "tracking_number": second}
+    ]

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import delete, func, select
 
-from core.db.read_model import OrderReadModel
+from core.db.read_model import OrderReadModel, with_tracking
 from core.db.tables import order_events, order_shipments, orders
 from core.domain import (
     CarrierEvent,
@@ -139,7 +139,10 @@ async def test_tracking_events_sit_beside_the_projection_and_survive_it(engine):
     later = picked_up.model_copy(update={"occurred_at": T0 + timedelta(hours=5)})
     assert await read_model.record_tracking(tracking_number, later) == view.id  # the first report wins
     await read_model.project(5, advanced(shipped, OrderStatus.COMPLETED))
-    assert (await read_model.get(view.id)).carrier_events == [picked_up]
+    # Read back with the parcel it is about (an order may ship several).
+    assert (await read_model.get(view.id)).carrier_events == [
+        picked_up.model_copy(update={"tracking_number": tracking_number})
+    ]
     assert await read_model.find_by_tracking_number(tracking_number) == advanced(shipped, OrderStatus.COMPLETED)
 
 
@@ -208,3 +211,13 @@ async def test_an_order_from_before_split_shipments_is_found_by_its_one_tracking
             )
         ).scalar_one()
     assert count == 0
+
+
+def test_tracking_events_stored_before_orders_had_several_parcels_still_read():
+    view = received()
+    at = (T0 + timedelta(hours=1)).isoformat()
+    legacy = with_tracking(view.model_dump(mode="json"), {"picked_up": at, "in_transit@TRK-2": at})
+    assert [(e.event, e.tracking_number) for e in legacy.carrier_events] == [
+        (CarrierEventKind.PICKED_UP, None),
+        (CarrierEventKind.IN_TRANSIT, "TRK-2"),
+    ]

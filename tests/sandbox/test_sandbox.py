@@ -486,3 +486,59 @@ async def test_bench_reads_the_busiest_second_of_provider_calls_from_the_ledger(
         "cap_per_s": settings.payments_max_per_second,
     }
     assert 0 < peaks["payments"]["peak_5s_per_s"] <= peaks["payments"]["peak_per_s"]
+
+
+# --- several partial captures of one authorization (multicapture) -----------------------------------
+
+
+async def test_partial_captures_add_up_to_the_authorized_amount_once(client: httpx.AsyncClient) -> None:
+    auth_id = await authorized(client, amount=1000)
+    url = f"{AUTHORIZE}/{auth_id}/capture"
+    key = ref("cap")
+    first = await post(client, url, {"amount": 300, "final_capture": False}, key)
+    assert first.json() == {"id": auth_id, "status": "partly_captured", "captured_amount": 300}
+    replay = await post(client, url, {"amount": 300, "final_capture": False}, key)
+    assert replay.json() == first.json() and replay.headers["Idempotent-Replayed"] == "true"
+    too_much = await post(client, url, {"amount": 701, "final_capture": False}, ref("cap"))
+    assert too_much.status_code == 422 and too_much.json()["error"]["code"] == "amount_too_large"
+    rest = await post(client, url, {"amount": 700, "final_capture": False}, ref("cap"))
+    assert rest.json() == {"id": auth_id, "status": "captured", "captured_amount": 1000}  # all of it: closed
+    assert (await post(client, url, {"amount": 1}, ref("cap"))).status_code == 409
+    auth = (await client.get(f"{AUTHORIZE}/{auth_id}")).json()
+    moves = (await ledger(client, auth["order_id"]))["money_movements"]
+    assert [(m["kind"], m["amount"]) for m in moves] == [("capture", 300), ("capture", 700)]
+
+
+async def test_a_final_capture_closes_the_authorization_and_releases_the_rest(client: httpx.AsyncClient) -> None:
+    auth_id = await authorized(client, amount=1000)
+    url = f"{AUTHORIZE}/{auth_id}/capture"
+    assert (await post(client, url, {"amount": 200, "final_capture": False}, ref("cap"))).status_code == 200
+    final = await post(client, url, {"amount": 300}, ref("cap"))  # final_capture defaults to true
+    assert final.json() == {"id": auth_id, "status": "captured", "captured_amount": 500}
+    assert (await post(client, url, {"amount": 100, "final_capture": False}, ref("cap"))).status_code == 409
+    assert (await post(client, f"{AUTHORIZE}/{auth_id}/void", {}, ref("void"))).status_code == 409
+
+
+async def test_a_void_after_partial_captures_releases_only_the_uncaptured_rest(client: httpx.AsyncClient) -> None:
+    auth_id = await authorized(client, amount=1000)
+    url = f"{AUTHORIZE}/{auth_id}/capture"
+    assert (await post(client, url, {"amount": 400, "final_capture": False}, ref("cap"))).status_code == 200
+    voided = await post(client, f"{AUTHORIZE}/{auth_id}/void", {}, ref("void"))
+    assert voided.status_code == 200 and voided.json()["status"] == "captured"
+    assert (await post(client, url, {"amount": 100, "final_capture": False}, ref("cap"))).status_code == 409
+    auth = (await client.get(f"{AUTHORIZE}/{auth_id}")).json()
+    assert (auth["status"], auth["captured_amount"]) == ("captured", 400)
+
+
+async def test_refunds_of_partial_captures_stop_at_what_was_captured(client: httpx.AsyncClient) -> None:
+    auth_id = await authorized(client, amount=1000)
+    capture_url, refund_url = f"{AUTHORIZE}/{auth_id}/capture", f"{AUTHORIZE}/{auth_id}/refund"
+    assert (await post(client, capture_url, {"amount": 600, "final_capture": False}, ref("cap"))).status_code == 200
+    assert (await post(client, refund_url, {"amount": 601}, ref("ref"))).status_code == 422
+    refunded = await post(client, refund_url, {"amount": 600}, ref("ref"))
+    # Still open: the other shipment's capture may follow, and may be refunded in turn.
+    assert refunded.json()["status"] == "partly_captured" and refunded.json()["refunded_amount"] == 600
+    closed = await post(client, capture_url, {"amount": 400}, ref("cap"))
+    assert closed.json() == {"id": auth_id, "status": "captured", "captured_amount": 1000}
+    second = await post(client, refund_url, {"amount": 400}, ref("ref"))
+    assert second.json()["status"] == "refunded" and second.json()["refunded_amount"] == 1000

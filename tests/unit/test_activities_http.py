@@ -144,6 +144,17 @@ CALLS = [
         policies.SETTLEMENT,
     ),
     Call(
+        # One shipment of several: the authorization stays open for the next one's capture.
+        "capture_payment_partial",
+        lambda http: run(payment(http).capture_payment, action("capture").model_copy(update={"final_capture": False})),
+        f"http://payments.test/payments/v1/authorizations/{AUTH_ID}/capture",
+        "key-capture",
+        {"amount": 2_500, "final_capture": False},
+        {"status": "partly_captured"},
+        None,
+        policies.SETTLEMENT,
+    ),
+    Call(
         "void_payment",
         lambda http: run(payment(http).void_payment, action("void")),
         f"http://payments.test/payments/v1/authorizations/{AUTH_ID}/void",

@@ -13,14 +13,19 @@ from workers.replay import load_history_file, replay
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 PATHS = {"happy", "out_of_stock", "decline", "review_approve", "review_timeout", "cancel", "lost_parcel"}
+# Paths that exist since multi-warehouse fulfilment (PATCH_SPLIT_SHIPMENTS), recorded from that version on.
+SPLIT_VERSION = "2026-12-04-split-shipments"
+SPLIT_PATHS = {"split", "amended", "customer_timeout", "partly_lost"}
 FILES = sorted(GOLDEN.glob("*/*.json"))
 
 
 def test_every_version_covers_every_path_of_the_workflow():
     versions = {path.parent.name for path in FILES}
     assert versions, "no golden histories recorded"
+    assert SPLIT_VERSION in versions
     for version in versions:
-        assert {path.stem for path in FILES if path.parent.name == version} == PATHS, version
+        expected = PATHS | SPLIT_PATHS if version >= SPLIT_VERSION else PATHS
+        assert {path.stem for path in FILES if path.parent.name == version} == expected, version
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -56,4 +61,19 @@ async def test_skipping_the_received_projection_without_its_patch_is_caught(monk
     monkeypatch.setattr(workflow, "patched", lambda patch_id: True)
     before = GOLDEN / "2026-11-25-search-attributes" / "happy.json"
     [outcome] = await replay(Settings(environment="test"), [load_history_file(before)])
+    assert not outcome.ok and outcome.nondeterministic, outcome
+
+
+async def test_split_shipments_without_their_patch_are_caught(monkeypatch):
+    """Orders started with split shipments must keep that path when a worker replays them."""
+    from temporalio import workflow
+
+    from workflows.order import PATCH_SPLIT_SHIPMENTS
+
+    real_patched = workflow.patched
+    monkeypatch.setattr(
+        workflow, "patched", lambda patch_id: patch_id != PATCH_SPLIT_SHIPMENTS and real_patched(patch_id)
+    )
+    split = GOLDEN / SPLIT_VERSION / "split.json"
+    [outcome] = await replay(Settings(environment="test"), [load_history_file(split)])
     assert not outcome.ok and outcome.nondeterministic, outcome

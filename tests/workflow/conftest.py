@@ -8,6 +8,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 import pytest
+from temporalio.api.workflowservice.v1 import ListOpenWorkflowExecutionsRequest
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.http import provider_client
@@ -27,6 +29,26 @@ async def ts_env(settings):
     await ensure_search_attributes(env.client, env.client.namespace)
     yield env
     await env.shutdown()
+
+
+@pytest.fixture(autouse=True)
+async def no_workflow_outlives_its_test(request):
+    """Terminate what a test left running on the shared time-skipping server. A workflow left
+    waiting with no worker (a test that stops at a refused update, say) stalls time skipping for the
+    tests after it once its timer fires: its workflow task is never taken."""
+    yield
+    if "ts_env" not in request.fixturenames:
+        return
+    client = request.getfixturevalue("ts_env").client
+    response = await client.workflow_service.list_open_workflow_executions(
+        ListOpenWorkflowExecutionsRequest(namespace=client.namespace, maximum_page_size=1000)
+    )
+    for execution in response.executions:
+        handle = client.get_workflow_handle(execution.execution.workflow_id, run_id=execution.execution.run_id)
+        try:
+            await handle.terminate(reason="the test that started it has ended")
+        except RPCError:
+            pass  # ended meanwhile
 
 
 @pytest.fixture(scope="session")

@@ -92,12 +92,13 @@ async def test_happy_path_completes_with_one_capture_and_stock_deducted(
 
 
 async def test_out_of_stock_is_rejected_and_reserves_nothing(ts_env, run_workers, task_queue, engine, sandbox):
-    sku = await new_sku(engine, on_hand=1)
+    # None of it anywhere (with one unit it would be partly available: the customer decides).
+    sku = await new_sku(engine, on_hand=0)
     order = order_input(sku, quantity=2)
     async with run_workers():
         final = await (await start(ts_env, task_queue, order)).result()
     assert (final.status, final.failure_reason) == (OrderStatus.REJECTED, FailureReason.OUT_OF_STOCK)
-    assert await stock_of(engine, sku) == (1, 0)
+    assert await stock_of(engine, sku) == (0, 0)
     assert await reservation_states(engine, order.order_id) == {}
     assert (await ledger(sandbox, order.order_id))["authorizations"] == []
 
@@ -274,7 +275,7 @@ async def test_a_delivery_reported_before_the_workflow_knows_its_shipment_still_
     order = order_input(sku)
     async with run_workers("orchestration", "inventory", "payments"):  # nobody creates the shipment yet
         handle = await start(ts_env, task_queue, order)
-        await reach(handle, OrderStatus.PAYMENT_AUTHORIZED)
+        [shipment] = (await reach(handle, OrderStatus.PAYMENT_AUTHORIZED)).shipments
         # The carrier has the parcel (the same idempotent request the activity will make)...
         created = await sandbox_http.post(
             "/carrier/v1/shipments",
@@ -283,7 +284,7 @@ async def test_a_delivery_reported_before_the_workflow_knows_its_shipment_still_
                 "shipping_address": order.shipping_address.model_dump(mode="json"),
                 "items": [{"sku": line.sku, "quantity": line.quantity} for line in order.lines],
             },
-            headers={"Idempotency-Key": provider_key(order.order_id, "ship")},
+            headers={"Idempotency-Key": provider_key(order.order_id, f"ship-{shipment.warehouse_id}")},
         )
         assert created.status_code == 201, created.text
         tracking = created.json()["tracking_number"]

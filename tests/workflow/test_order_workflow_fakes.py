@@ -33,6 +33,8 @@ from temporalio.worker import Worker
 
 from core.config import Settings
 from core.domain import (
+    ERR_INVALID_AMEND,
+    ERR_INVALID_CANCEL,
     ERR_INVALID_STATE,
     ERR_OUT_OF_STOCK,
     ERR_PAYMENT_DECLINED,
@@ -40,8 +42,12 @@ from core.domain import (
     ORDER_WORKFLOW,
     QUERY_ORDER,
     SIGNAL_CARRIER_EVENT,
+    UPDATE_AMEND,
     UPDATE_CANCEL,
     UPDATE_REVIEW,
+    AllocationLine,
+    AmendLine,
+    AmendRequest,
     AuthorizePayment,
     CancelRequest,
     CancelShipment,
@@ -50,16 +56,21 @@ from core.domain import (
     CreateShipment,
     FailureReason,
     OrderInput,
+    OrderLine,
     OrderStatus,
     OrderView,
     PaymentAction,
     PaymentAuthorization,
     ProjectOrder,
+    ReduceReservation,
     ReviewDecision,
     ReviewRequest,
     Shipment,
+    ShipmentStatus,
+    StockAllocation,
     StockRelease,
     StockRequest,
+    UnavailableLine,
     VoidUnknownAuthorization,
     order_workflow_id,
     provider_key,
@@ -96,6 +107,11 @@ class FakeOrderActivities:
         self.hold_projection_of: OrderStatus | None = None
         self.projection_gate = asyncio.Event()
         self.projection_held = asyncio.Event()
+        # Where reserve_stock finds each SKU: {sku: [(warehouse, units), ...]} in preference order;
+        # a SKU not listed is available in full in HOME.
+        self.stock: dict[str, list[tuple[str, int]]] = {}
+        self.allocation = StockAllocation()
+        self.gate_warehouse: str | None = None  # hold only the shipment from this warehouse
 
     def _record(self, name: str, request: Any) -> None:
         self.calls.append(name)
@@ -104,8 +120,38 @@ class FakeOrderActivities:
             raise self.errors[name]()
 
     @activity.defn(name="reserve_stock")
-    async def reserve_stock(self, request: StockRequest) -> None:
+    async def reserve_stock(self, request: StockRequest) -> StockAllocation:
         self._record("reserve_stock", request)
+        lines, unavailable = [], []
+        for line in request.lines:
+            wanted = line.quantity
+            for warehouse, units in self.stock.get(line.sku, [(HOME, line.quantity)]):
+                if take := min(units, wanted):
+                    lines.append(AllocationLine(warehouse_id=warehouse, sku=line.sku, quantity=take))
+                    wanted -= take
+            if wanted:
+                unavailable.append(UnavailableLine(sku=line.sku, quantity=wanted))
+        lines.sort(key=lambda part: [w for w, _ in self.stock.get(part.sku, [(HOME, 0)])].index(part.warehouse_id))
+        self.allocation = StockAllocation(lines=lines, unavailable=unavailable)
+        return self.allocation
+
+    @activity.defn(name="reduce_reservation")
+    async def reduce_reservation(self, request: ReduceReservation) -> StockAllocation:
+        """Keeps ``keep`` of the last allocation, giving back from its last warehouse first."""
+        self._record("reduce_reservation", request)
+        surplus = defaultdict(int)
+        for line in self.allocation.lines:
+            surplus[line.sku] += line.quantity
+        for sku in surplus:
+            surplus[sku] -= request.keep.get(sku, 0)
+        kept = []
+        for line in reversed(self.allocation.lines):
+            take = min(line.quantity, surplus[line.sku])
+            surplus[line.sku] -= take
+            if line.quantity - take:
+                kept.insert(0, line.model_copy(update={"quantity": line.quantity - take}))
+        self.allocation = StockAllocation(lines=kept)
+        return self.allocation
 
     @activity.defn(name="release_stock")
     async def release_stock(self, request: StockRelease) -> None:
@@ -140,10 +186,11 @@ class FakeOrderActivities:
     @activity.defn(name="create_shipment")
     async def create_shipment(self, request: CreateShipment) -> Shipment:
         self._record("create_shipment", request)
-        self.shipment_started.set()
-        if self.shipment_gate is not None:
-            await self.shipment_gate.wait()
-        return Shipment(tracking_number=tracking_number(request.order_id))
+        if self.gate_warehouse in (None, request.warehouse_id):
+            self.shipment_started.set()
+            if self.shipment_gate is not None:
+                await self.shipment_gate.wait()
+        return Shipment(tracking_number=tracking_number(request.order_id, request.warehouse_id))
 
     @activity.defn(name="cancel_shipment")
     async def cancel_shipment(self, request: CancelShipment) -> None:
@@ -169,8 +216,13 @@ def activity_name(fn: Callable) -> str | None:
     return definition.name if definition else None
 
 
-def tracking_number(order_id: uuid.UUID) -> str:
-    return f"TRK-{order_id.hex[:12].upper()}"
+HOME = "WH-A"  # the warehouse of every SKU the test does not place elsewhere
+
+
+def tracking_number(order_id: uuid.UUID, warehouse: str | None = HOME) -> str:
+    """The fake carrier's tracking number of the order's parcel from ``warehouse``."""
+    base = f"TRK-{order_id.hex[:12].upper()}"
+    return base if warehouse in (None, HOME) else f"{base}-{warehouse}"
 
 
 def declined() -> ApplicationError:
@@ -325,8 +377,17 @@ async def test_happy_path_calls_each_activity_once_with_keys_derived_from_the_or
     assert (authorize.amount, authorize.idempotency_key) == (2_500, provider_key(order.order_id, "authorize"))
     [capture] = fakes.requests["capture_payment"]
     assert capture.authorization_id == f"auth-{order.order_id.hex[:12]}"
-    assert capture.idempotency_key == provider_key(order.order_id, "capture")
-    assert fakes.requests["create_shipment"][0].idempotency_key == provider_key(order.order_id, "ship")
+    # One shipment from the one warehouse: its own carrier key, its capture closes the authorization.
+    assert (capture.idempotency_key, capture.amount, capture.final_capture) == (
+        provider_key(order.order_id, "capture-S1"),
+        2_500,
+        True,
+    )
+    [create] = fakes.requests["create_shipment"]
+    assert (create.idempotency_key, create.warehouse_id) == (provider_key(order.order_id, f"ship-{HOME}"), HOME)
+    [commit] = fakes.requests["commit_stock"]
+    assert commit.warehouse_id == HOME
+    assert [(s.id, s.status, s.amount) for s in final.shipments] == [("S1", ShipmentStatus.DELIVERED, 2_500)]
     # The local projection activity: every transition after `received` (the gateway wrote that row),
     # with a sequence number that only grows, ending on the final view.
     assert [p.view.status.value for p in fakes.projected] == statuses(final)[1:]
@@ -405,7 +466,8 @@ async def test_lost_parcel_after_capture_is_refunded_and_the_stock_stays_deducte
     assert outcome(final) == (OrderStatus.FAILED, FailureReason.LOST_IN_TRANSIT)
     assert fakes.calls == [*HAPPY, "refund_payment"]
     [refund] = fakes.requests["refund_payment"]
-    assert (refund.amount, refund.idempotency_key) == (990, provider_key(order.order_id, "refund"))
+    assert (refund.amount, refund.idempotency_key) == (990, provider_key(order.order_id, "refund-S1"))
+    assert [(r.amount, r.shipment_id) for r in final.refunds] == [(990, "S1")]
 
 
 async def test_an_event_for_another_parcel_is_ignored(start, fake_workers, fakes):
@@ -619,3 +681,314 @@ async def test_delivery_deadline_fires_once_and_refunds(start, fake_workers, fak
     [started] = await events_of(handle, EventType.EVENT_TYPE_TIMER_STARTED)
     assert started.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta() == timedelta(days=3)
     assert len(await events_of(handle, EventType.EVENT_TYPE_TIMER_FIRED)) == 1
+
+
+# --- (e) several warehouses: split shipments, partial availability, partial refunds -------------------
+
+OTHER = "WH-B"
+
+
+def two_line_order(**overrides: Any) -> OrderInput:
+    """2 mugs at 1 250 and 1 lamp at 4 000: total 6 500."""
+    timeout = overrides.pop("customer_response_timeout_s", 24 * 3600)
+    order = order_input("MUG", quantity=2, price=1_250, **overrides)
+    lines = [*order.lines, OrderLine(sku="LAMP", quantity=1, unit_price=4_000)]
+    return order.model_copy(update={"lines": lines, "total": 6_500, "customer_response_timeout_s": timeout})
+
+
+def split_stock(fakes: FakeOrderActivities) -> None:
+    fakes.stock = {"MUG": [(HOME, 5)], "LAMP": [(HOME, 0), (OTHER, 3)]}
+
+
+async def invalid(update: Any) -> ApplicationError:
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await update
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError)
+    return cause
+
+
+async def test_an_order_split_over_two_warehouses_ships_captures_and_commits_each_part(start, fake_workers, fakes):
+    split_stock(fakes)
+    order = two_line_order()
+    async with fake_workers():
+        handle = await start(order)
+        shipped = await reach(handle, OrderStatus.SHIPPED)
+        assert shipped.tracking_number == tracking_number(order.order_id)  # the first shipment's
+        await carrier_event(handle, tracking_number(order.order_id), CarrierEventKind.DELIVERED)
+        await carrier_event(handle, tracking_number(order.order_id, OTHER), CarrierEventKind.DELIVERED)
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.COMPLETED, None)
+    assert statuses(final) == ["received", "stock_reserved", "payment_authorized", "shipped", "completed"]
+    assert fakes.calls == [
+        "reserve_stock",
+        "authorize_payment",
+        *["create_shipment", "capture_payment", "commit_stock"] * 2,
+    ]
+    assert [(s.id, s.warehouse_id, s.amount, s.status) for s in final.shipments] == [
+        ("S1", HOME, 2_500, ShipmentStatus.DELIVERED),
+        ("S2", OTHER, 4_000, ShipmentStatus.DELIVERED),
+    ]
+    assert sum(s.amount for s in final.shipments) == final.total == 6_500
+    creates = fakes.requests["create_shipment"]
+    assert [(c.warehouse_id, c.idempotency_key, [line.sku for line in c.lines]) for c in creates] == [
+        (HOME, provider_key(order.order_id, f"ship-{HOME}"), ["MUG"]),
+        (OTHER, provider_key(order.order_id, f"ship-{OTHER}"), ["LAMP"]),
+    ]
+    captures = fakes.requests["capture_payment"]
+    assert [(c.amount, c.idempotency_key, c.final_capture) for c in captures] == [
+        (2_500, provider_key(order.order_id, "capture-S1"), False),
+        (4_000, provider_key(order.order_id, "capture-S2"), True),
+    ]
+    assert [c.warehouse_id for c in fakes.requests["commit_stock"]] == [HOME, OTHER]
+    assert [fakes.requests["reserve_stock"][0].allow_partial] == [True]
+    assert final.refunds == [] and len(final.carrier_events) == 2
+
+
+async def test_one_of_two_shipments_lost_is_refunded_for_its_part_and_the_order_completes(start, fake_workers, fakes):
+    split_stock(fakes)
+    order = two_line_order()
+    async with fake_workers():
+        handle = await start(order)
+        await reach(handle, OrderStatus.SHIPPED)
+        await carrier_event(handle, tracking_number(order.order_id, OTHER), CarrierEventKind.LOST)
+        await carrier_event(handle, tracking_number(order.order_id), CarrierEventKind.DELIVERED)
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.COMPLETED, None)
+    assert final.history[-1].note == "lost and refunded: S2"
+    [refund] = fakes.requests["refund_payment"]
+    assert (refund.amount, refund.idempotency_key) == (4_000, provider_key(order.order_id, "refund-S2"))
+    assert [(r.amount, r.reason, r.shipment_id) for r in final.refunds] == [(4_000, "lost_in_transit", "S2")]
+    assert [s.status for s in final.shipments] == [ShipmentStatus.DELIVERED, ShipmentStatus.LOST]
+    assert final.shipments[0].delivered_at is not None
+    assert "void_payment" not in fakes.calls and "release_stock" not in fakes.calls
+
+
+async def test_every_shipment_lost_by_the_deadline_fails_the_order_and_refunds_each(start, fake_workers, fakes):
+    split_stock(fakes)
+    order = two_line_order(delivery_deadline_s=3 * 24 * 3600)
+    async with fake_workers():
+        handle = await start(order)
+        final = await handle.result()  # the three days pass at once
+    assert outcome(final) == (OrderStatus.FAILED, FailureReason.LOST_IN_TRANSIT)
+    assert final.history[-1].note == "no delivery by the deadline"
+    assert [(r.amount, r.shipment_id) for r in final.refunds] == [(2_500, "S1"), (4_000, "S2")]
+    assert [r.idempotency_key for r in fakes.requests["refund_payment"]] == [
+        provider_key(order.order_id, "refund-S1"),
+        provider_key(order.order_id, "refund-S2"),
+    ]
+    assert len(await events_of(handle, EventType.EVENT_TYPE_TIMER_FIRED)) == 1
+
+
+async def test_nothing_reservable_is_rejected_out_of_stock(start, fake_workers, fakes):
+    fakes.stock = {"MUG": [], "LAMP": [(OTHER, 0)]}
+    async with fake_workers():
+        final = await (await start(two_line_order())).result()
+    assert outcome(final) == (OrderStatus.REJECTED, FailureReason.OUT_OF_STOCK)
+    assert final.history[-1].note == "not enough stock for MUG, LAMP"
+    assert fakes.calls == ["reserve_stock"]
+
+
+def partly_available(fakes: FakeOrderActivities) -> None:
+    """One of the two mugs in HOME, the lamp in OTHER: one mug is missing."""
+    fakes.stock = {"MUG": [(HOME, 1)], "LAMP": [(OTHER, 3)]}
+
+
+async def test_a_partly_available_order_amended_ships_what_is_kept_at_order_time_prices(start, fake_workers, fakes):
+    partly_available(fakes)
+    order = two_line_order(review_threshold=5_000)  # 6 500 would be reviewed; the amended 5 250 too
+    async with fake_workers():
+        handle = await start(order)
+        waiting = await reach(handle, OrderStatus.AWAITING_CUSTOMER)
+        assert [(u.sku, u.quantity) for u in waiting.unavailable] == [("MUG", 1)]
+        assert waiting.customer_deadline == waiting.updated_at + timedelta(hours=24)
+        amended = await handle.execute_update(
+            UPDATE_AMEND,
+            AmendRequest(lines=[AmendLine(sku="MUG", quantity=1), AmendLine(sku="LAMP", quantity=1)]),
+            result_type=OrderView,
+        )
+        # Answered once the order moved on, with the amended lines and total.
+        assert amended.status != OrderStatus.AWAITING_CUSTOMER and amended.total == 5_250
+        await reach(handle, OrderStatus.AWAITING_REVIEW)
+        await handle.execute_update(UPDATE_REVIEW, ReviewRequest(decision=ReviewDecision.APPROVE, reviewer="op"))
+        await reach(handle, OrderStatus.SHIPPED)
+        for warehouse in (HOME, OTHER):
+            await carrier_event(handle, tracking_number(order.order_id, warehouse), CarrierEventKind.DELIVERED)
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.COMPLETED, None)
+    assert statuses(final) == [
+        "received",
+        "awaiting_customer",
+        "stock_reserved",
+        "awaiting_review",
+        "payment_authorized",
+        "shipped",
+        "completed",
+    ]
+    [reduce] = fakes.requests["reduce_reservation"]
+    assert reduce.keep == {"MUG": 1, "LAMP": 1}
+    assert [(i.sku, i.quantity, i.unit_price) for i in final.items] == [("MUG", 1, 1_250), ("LAMP", 1, 4_000)]
+    assert final.total == 5_250 and final.unavailable == [] and final.customer_deadline is None
+    assert fakes.requests["authorize_payment"][0].amount == 5_250
+    assert [c.amount for c in fakes.requests["capture_payment"]] == [1_250, 4_000]
+
+
+async def test_a_partly_available_order_cancelled_by_the_customer_releases_everything(start, fake_workers, fakes):
+    partly_available(fakes)
+    async with fake_workers():
+        handle = await start(two_line_order())
+        await reach(handle, OrderStatus.AWAITING_CUSTOMER)
+        cancelled = await handle.execute_update(UPDATE_CANCEL, CancelRequest(reason="no"), result_type=OrderView)
+        final = await handle.result()
+    assert outcome(cancelled) == outcome(final) == (OrderStatus.CANCELLED, FailureReason.CANCELLED_BY_CUSTOMER)
+    assert fakes.calls == ["reserve_stock", "release_stock"]
+    assert fakes.requests["release_stock"][0].warehouse_id is None  # every warehouse
+
+
+async def test_no_answer_from_the_customer_cancels_with_customer_timeout(fake_env, start, fake_workers, fakes):
+    partly_available(fakes)
+    order = two_line_order(customer_response_timeout_s=6 * 3600)
+    async with fake_workers():
+        handle = await start(order)
+        before = await fake_env.get_current_time()
+        final = await handle.result()
+        after = await fake_env.get_current_time()
+    assert outcome(final) == (OrderStatus.CANCELLED, FailureReason.CUSTOMER_TIMEOUT)
+    assert fakes.calls == ["reserve_stock", "release_stock"]
+    assert after - before >= timedelta(hours=6)
+    [started] = await events_of(handle, EventType.EVENT_TYPE_TIMER_STARTED)
+    assert started.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta() == timedelta(hours=6)
+    # An amend after this reaches no validator: the run is closed, and the gateway answers from the
+    # read model (a cancelled order is not awaiting the customer).
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([], "at least one line"),
+        ([("SOCK", 1)], "SOCK is not a line of the order"),
+        ([("MUG", 2)], "MUG: quantity 2 is not between 1 and the 1 reserved"),
+        ([("MUG", 0)], "MUG: quantity 0 is not between 1"),
+        ([("LAMP", -1)], "LAMP: quantity -1"),
+        ([("MUG", 1), ("MUG", 1)], "MUG is named twice"),
+    ],
+)
+async def test_a_bad_amend_is_refused_and_changes_nothing(start, fake_workers, fakes, lines, message):
+    partly_available(fakes)
+    async with fake_workers():
+        handle = await start(two_line_order())
+        await reach(handle, OrderStatus.AWAITING_CUSTOMER)
+        request = AmendRequest(lines=[AmendLine(sku=sku, quantity=q) for sku, q in lines])
+        cause = await invalid(handle.execute_update(UPDATE_AMEND, request))
+        assert cause.type == ERR_INVALID_AMEND and message in cause.message
+        after = await view_of(handle)
+        await handle.execute_update(UPDATE_CANCEL, CancelRequest())
+    assert after.status == OrderStatus.AWAITING_CUSTOMER and after.total == 6_500
+    assert "reduce_reservation" not in fakes.calls
+    assert await events_of(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED) != []  # the cancel only
+
+
+async def test_an_amend_of_an_order_not_awaiting_the_customer_is_invalid_state(start, fake_workers, fakes):
+    async with fake_workers():
+        handle = await start(big_order())
+        await reach(handle, OrderStatus.AWAITING_REVIEW)
+        cause = await invalid(
+            handle.execute_update(UPDATE_AMEND, AmendRequest(lines=[AmendLine(sku="SKU-BIG", quantity=1)]))
+        )
+        await handle.execute_update(UPDATE_CANCEL, CancelRequest())
+    assert cause.type == ERR_INVALID_STATE and "not awaiting the customer" in cause.message
+
+
+async def test_a_cancel_racing_the_second_shipment_wins_for_it_and_the_shipped_part_goes_on(start, fake_workers, fakes):
+    split_stock(fakes)
+    fakes.shipment_gate, fakes.gate_warehouse = asyncio.Event(), OTHER
+    order = two_line_order()
+    async with fake_workers():
+        handle = await start(order)
+        await asyncio.wait_for(fakes.shipment_started.wait(), timeout=15)  # S1 shipped, S2 being created
+        # The whole order can no longer be cancelled: the refusal names what left and what may go.
+        cause = await invalid(handle.execute_update(UPDATE_CANCEL, CancelRequest(reason="all")))
+        assert cause.type == ERR_INVALID_STATE
+        assert f"S1 ({tracking_number(order.order_id)}) shipped and can no longer be cancelled" in cause.message
+        assert "can be cancelled by naming them: S2" in cause.message
+        cancel = await handle.start_update(
+            UPDATE_CANCEL,
+            CancelRequest(reason="lamp", shipments=["S2"]),
+            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            result_type=OrderView,
+        )
+        fakes.shipment_gate.set()  # the carrier answers after the cancel was accepted
+        answered = await asyncio.wait_for(cancel.result(), timeout=15)
+        assert [s.status for s in answered.shipments] == [ShipmentStatus.SHIPPED, ShipmentStatus.CANCELLED]
+        refused = await invalid(handle.execute_update(UPDATE_CANCEL, CancelRequest(shipments=["S1"])))
+        assert refused.type == ERR_INVALID_STATE and "S1 shipped" in refused.message
+        unknown = await invalid(handle.execute_update(UPDATE_CANCEL, CancelRequest(shipments=["S9"])))
+        assert unknown.type == ERR_INVALID_CANCEL
+        await carrier_event(handle, tracking_number(order.order_id), CarrierEventKind.DELIVERED)
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.COMPLETED, None)
+    assert fakes.calls == [
+        "reserve_stock",
+        "authorize_payment",
+        "create_shipment",
+        "capture_payment",
+        "commit_stock",
+        "create_shipment",
+        "cancel_shipment",
+        "release_stock",
+        "void_payment",
+    ]
+    assert fakes.requests["cancel_shipment"][0].tracking_number == tracking_number(order.order_id, OTHER)
+    assert fakes.requests["cancel_shipment"][0].idempotency_key == provider_key(order.order_id, "cancel-shipment-S2")
+    assert fakes.requests["release_stock"][0].warehouse_id == OTHER
+    assert [c.final_capture for c in fakes.requests["capture_payment"]] == [False]
+    assert final.refunds == [] and not final.cancel_requested
+
+
+async def test_a_cancel_naming_a_pending_shipment_drops_it_before_it_leaves(start, fake_workers, fakes):
+    split_stock(fakes)
+    order = two_line_order(review_threshold=1_000)
+    async with fake_workers():
+        handle = await start(order)
+        reviewing = await reach(handle, OrderStatus.AWAITING_REVIEW)
+        assert [s.id for s in reviewing.shipments] == ["S1", "S2"]
+        cancel = await handle.start_update(
+            UPDATE_CANCEL,
+            CancelRequest(shipments=["S1"]),
+            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            result_type=OrderView,
+        )
+        await handle.execute_update(UPDATE_REVIEW, ReviewRequest(decision=ReviewDecision.APPROVE, reviewer="op"))
+        answered = await asyncio.wait_for(cancel.result(), timeout=15)
+        assert answered.shipments[0].status == ShipmentStatus.CANCELLED
+        await carrier_event(handle, tracking_number(order.order_id, OTHER), CarrierEventKind.DELIVERED)
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.COMPLETED, None)
+    assert final.tracking_number == tracking_number(order.order_id, OTHER)  # the first that left
+    assert fakes.calls == [
+        "reserve_stock",
+        "authorize_payment",
+        "release_stock",
+        "create_shipment",
+        "capture_payment",
+        "commit_stock",
+    ]
+    assert fakes.requests["release_stock"][0].warehouse_id == HOME
+    [capture] = fakes.requests["capture_payment"]
+    assert (capture.amount, capture.final_capture) == (4_000, True)  # S1's 2 500 is never captured
+
+
+async def test_an_early_delivery_of_the_second_shipment_is_kept_until_it_is_known(start, fake_workers, fakes):
+    split_stock(fakes)
+    fakes.shipment_gate, fakes.gate_warehouse = asyncio.Event(), OTHER
+    order = two_line_order()
+    async with fake_workers():
+        handle = await start(order)
+        await asyncio.wait_for(fakes.shipment_started.wait(), timeout=15)
+        await carrier_event(handle, tracking_number(order.order_id, OTHER), CarrierEventKind.DELIVERED)
+        await carrier_event(handle, tracking_number(order.order_id), CarrierEventKind.DELIVERED)
+        fakes.shipment_gate.set()
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.COMPLETED, None)
+    assert [s.status for s in final.shipments] == [ShipmentStatus.DELIVERED, ShipmentStatus.DELIVERED]
+    assert await events_of(handle, EventType.EVENT_TYPE_TIMER_FIRED) == []

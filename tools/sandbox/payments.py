@@ -11,6 +11,13 @@ Test tokens for ``POST /authorizations``:
 
 Lifecycle: ``authorized`` -> ``captured`` -> ``refunded`` (partial refunds add up), or
 ``authorized`` -> ``voided``. Every capture and refund is one row of ``money_movements``.
+
+Several partial captures of one authorization (Stripe's multicapture, for orders shipped in parts):
+a capture with ``"final_capture": false`` adds to ``captured_amount`` and leaves the authorization
+``partly_captured``, open for more captures up to the authorized amount. A final capture (the
+default, as in Stripe) or reaching the whole amount closes it as ``captured``, and so does a void
+after partial captures: the uncaptured rest is released, what was captured stays. Refunds go up to
+the captured amount, also while more captures may follow.
 """
 
 from __future__ import annotations
@@ -51,6 +58,11 @@ class AmountRequest(_Body):
     amount: StrictInt = Field(gt=0)
 
 
+class CaptureRequest(AmountRequest):
+    # False keeps the authorization open for further partial captures (Stripe's final_capture).
+    final_capture: bool = True
+
+
 class EmptyRequest(_Body):
     pass
 
@@ -81,12 +93,15 @@ async def _locked_authorization(conn: AsyncConnection, authorization_id: str) ->
     return row
 
 
-async def _void(conn: AsyncConnection, row: RowMapping) -> None:
-    """Void an authorization locked by the caller; voiding a voided one is a no-op."""
+async def _void(conn: AsyncConnection, row: RowMapping) -> str:
+    """Void an authorization locked by the caller and return its new status; voiding a voided one is
+    a no-op, and voiding a partially captured one releases the uncaptured rest (it is then captured)."""
     if row["status"] in {"captured", "refunded"}:
         raise SandboxError(409, "already_captured", "A captured authorization cannot be voided; refund it.")
-    if row["status"] == "authorized":
-        await conn.execute(update(auths).where(auths.c.id == row["id"]).values(status="voided"))
+    status = {"authorized": "voided", "partly_captured": "captured"}.get(row["status"], row["status"])
+    if status != row["status"]:
+        await conn.execute(update(auths).where(auths.c.id == row["id"]).values(status=status))
+    return str(status)
 
 
 @router.post("/authorizations", status_code=201)
@@ -135,22 +150,25 @@ async def get_authorization(authorization_id: str, engine: EngineDep) -> dict[st
 
 
 @router.post("/authorizations/{authorization_id}/capture")
-async def capture(authorization_id: str, body: AmountRequest, key: IdempotencyKey, store: StoreDep) -> JSONResponse:
+async def capture(authorization_id: str, body: CaptureRequest, key: IdempotencyKey, store: StoreDep) -> JSONResponse:
     async def handler(conn: AsyncConnection, attempt: Attempt) -> Outcome:
         row = await _locked_authorization(conn, authorization_id)
         if row["status"] == "voided":
             raise SandboxError(409, "authorization_voided", "A voided authorization cannot be captured.")
-        if row["status"] != "authorized":
+        if row["status"] not in {"authorized", "partly_captured"}:
             raise SandboxError(409, "already_captured", "The authorization was already captured.")
-        if body.amount > row["amount"]:
+        captured = row["captured_amount"] + body.amount
+        if captured > row["amount"]:
             raise SandboxError(422, "amount_too_large", "The capture exceeds the authorized amount.")
+        status = "captured" if body.final_capture or captured == row["amount"] else "partly_captured"
         await conn.execute(
-            update(auths).where(auths.c.id == authorization_id).values(status="captured", captured_amount=body.amount)
+            update(auths).where(auths.c.id == authorization_id).values(status=status, captured_amount=captured)
         )
         await _move_money(conn, authorization_id, "capture", body.amount, attempt.key)
-        return Outcome(200, {"id": authorization_id, "status": "captured", "captured_amount": body.amount})
+        return Outcome(200, {"id": authorization_id, "status": status, "captured_amount": captured})
 
-    request = {"authorization_id": authorization_id, **body.model_dump(mode="json")}
+    # A final capture hashes as it did before multicapture, so keys stored then still replay.
+    request = {"authorization_id": authorization_id, **body.model_dump(mode="json", exclude_defaults=True)}
     return await store.execute(scope="payments.capture", key=key, request=request, handler=handler)
 
 
@@ -159,8 +177,8 @@ async def void(
     authorization_id: str, key: IdempotencyKey, store: StoreDep, body: EmptyRequest | None = None
 ) -> JSONResponse:
     async def handler(conn: AsyncConnection, attempt: Attempt) -> Outcome:
-        await _void(conn, await _locked_authorization(conn, authorization_id))
-        return Outcome(200, {"id": authorization_id, "status": "voided"})
+        status = await _void(conn, await _locked_authorization(conn, authorization_id))
+        return Outcome(200, {"id": authorization_id, "status": status})
 
     request = {"authorization_id": authorization_id}
     return await store.execute(scope="payments.void", key=key, request=request, handler=handler)
@@ -170,20 +188,22 @@ async def void(
 async def refund(authorization_id: str, body: AmountRequest, key: IdempotencyKey, store: StoreDep) -> JSONResponse:
     async def handler(conn: AsyncConnection, attempt: Attempt) -> Outcome:
         row = await _locked_authorization(conn, authorization_id)
-        if row["status"] not in {"captured", "refunded"}:
+        if row["status"] not in {"captured", "refunded", "partly_captured"}:
             raise SandboxError(409, "not_captured", "Only a captured authorization can be refunded.")
         refunded = row["refunded_amount"] + body.amount
         if refunded > row["captured_amount"]:
             raise SandboxError(422, "amount_exceeds_captured", "The refunds would exceed the captured amount.")
+        # An authorization still open for captures stays open; a closed one is now refunded.
+        status = "partly_captured" if row["status"] == "partly_captured" else "refunded"
         await conn.execute(
-            update(auths).where(auths.c.id == authorization_id).values(status="refunded", refunded_amount=refunded)
+            update(auths).where(auths.c.id == authorization_id).values(status=status, refunded_amount=refunded)
         )
         await _move_money(conn, authorization_id, "refund", body.amount, attempt.key)
         return Outcome(
             200,
             {
                 "id": authorization_id,
-                "status": "refunded",
+                "status": status,
                 "captured_amount": row["captured_amount"],
                 "refunded_amount": refunded,
             },
@@ -208,8 +228,7 @@ async def void_by_key(body: VoidByKeyRequest, key: IdempotencyKey, store: StoreD
             .first()
         )
         if row is not None:
-            await _void(conn, row)
-            return Outcome(200, {"id": row["id"], "status": "voided"})
+            return Outcome(200, {"id": row["id"], "status": await _void(conn, row)})
         await _fence_authorize_claim(conn, body.authorization_key)
         return Outcome(200, {"status": "not_found"})
 
