@@ -6,14 +6,15 @@ import asyncio
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, insert, select, update
 
 from bench.invariants import InvariantChecker
+from core.db.engine import create_engine
 from core.db.read_model import order_row
 from core.db.tables import DEFAULT_WAREHOUSE, orders, stock_reservations, warehouse_stock
-from core.domain import OrderView
+from core.domain import OrderStatus, OrderView
+from sandbox.tables import money_movements
 from tests.harness import random_ref, wait_for
-from tests.integration.conftest import auth
 from tests.integration.test_order_api import final_state, order_body, submit
 from tests.support import new_sku, new_warehouses, stock_by_warehouse, stocked_sku
 
@@ -73,10 +74,13 @@ async def test_the_checker_catches_a_leaked_reservation_and_a_lost_order(
 
     # Invariant 1: an order row whose workflow never started.
     ghost = uuid.uuid4()
-    view = (await api.get(f"/v1/orders/{order_id}", headers=auth(customer))).json()
-    view.update(id=str(ghost), status="received", failure_reason=None)
+    async with engine.connect() as conn:
+        stored = (await conn.execute(select(orders.c.view).where(orders.c.id == leaked))).scalar_one()
+    view = OrderView.model_validate(stored).model_copy(
+        update={"id": ghost, "status": OrderStatus.RECEIVED, "failure_reason": None}
+    )
     async with engine.begin() as conn:
-        await conn.execute(insert(orders).values(**order_row(OrderView.model_validate(view), 1)))
+        await conn.execute(insert(orders).values(**order_row(view, 1)))
     try:
         report = await checker.check([ghost])
         assert not report.checks[0].ok and "no workflow" in report.checks[0].problems[0]
@@ -120,3 +124,61 @@ async def test_an_order_split_over_two_warehouses_ships_from_both_and_balances_p
     )
     assert [check.name[0] for check in report.checks if not check.ok] == ["3"]
     assert f"{sku}@{first}" in report.table()
+
+
+async def test_split_orders_balance_per_shipment_and_a_forged_capture_or_missing_refund_is_caught(
+    api, token, engine, workers, temporal_client, it_settings
+):
+    first, second = await new_warehouses(engine, 2)
+    delivered_sku = await stocked_sku(engine, {first: 1, second: 1})
+    lost_sku = await stocked_sku(engine, {first: 1, second: 1})
+    customer = token(random_ref("splitmoney"))
+    delivered = (await submit(api, customer, order_body(delivered_sku, 2))).json()["id"]
+    lost = (await submit(api, customer, order_body(lost_sku, 2, postal_code="99998"))).json()["id"]
+    assert (await final_state(api, customer, delivered))["status"] == "completed"
+    final = await final_state(api, customer, lost)
+    assert (final["status"], final["failure_reason"]) == ("failed", "lost_in_transit")
+    ids = [uuid.UUID(delivered), uuid.UUID(lost)]
+    checker = InvariantChecker(engine, temporal_client, it_settings.payment_base_url)
+    report = await checker.check(ids)
+    assert report.ok, report.table()
+
+    sandbox_engine = create_engine(it_settings, url=it_settings.effective_sandbox_database_url)
+    mm = money_movements
+    try:
+        async with sandbox_engine.connect() as conn:
+            moves = (
+                await conn.execute(select(mm).where(mm.c.idempotency_key.like(f"order-{delivered}-capture-%")))
+            ).all()
+            refund = (await conn.execute(select(mm).where(mm.c.idempotency_key == f"order-{lost}-refund-S2"))).one()
+        assert len(moves) == 2  # one capture per shipment
+
+        # A capture beyond the shipments: the net no longer equals what was delivered.
+        forged = {**moves[0]._asdict(), "idempotency_key": f"order-{delivered}-capture-S3"}
+        forged.pop("id", None)
+        forged.pop("created_at", None)
+        async with sandbox_engine.begin() as conn:
+            await conn.execute(insert(mm).values(**forged))
+        try:
+            report = await checker.check(ids)
+            assert [check.name[0] for check in report.checks if not check.ok] == ["2"]
+            assert f"order {delivered} (completed)" in report.table() and "unknown shipment S3" in report.table()
+        finally:
+            async with sandbox_engine.begin() as conn:
+                await conn.execute(delete(mm).where(mm.c.idempotency_key == forged["idempotency_key"]))
+
+        # A lost shipment never refunded: the customer paid for a parcel that never arrived.
+        async with sandbox_engine.begin() as conn:
+            await conn.execute(delete(mm).where(mm.c.idempotency_key == refund.idempotency_key))
+        try:
+            report = await checker.check(ids)
+            assert [check.name[0] for check in report.checks if not check.ok] == ["2"]
+            assert f"order {lost} (failed): provider net {refund.amount}, expected 0" in report.table()
+        finally:
+            restored = refund._asdict()
+            restored.pop("id", None)
+            async with sandbox_engine.begin() as conn:
+                await conn.execute(insert(mm).values(**restored))
+        assert (await checker.check(ids)).ok
+    finally:
+        await sandbox_engine.dispose()

@@ -2,8 +2,10 @@
 
 1. Every accepted order has a workflow that reached a terminal state, or waits legitimately
    (awaiting review, or shipped and waiting for the carrier), and the read model agrees with it.
-2. Provider captures minus refunds equal the totals of completed orders (plus refunded lost
-   parcels netting to zero), and no idempotency key moved money twice.
+2. Provider captures minus refunds equal what was delivered: per order with shipments the amounts
+   of its delivered shipments (each shipment captured and refunded for exactly its amount, only
+   once it left, refunded only if lost); for older single-parcel orders the totals of completed
+   orders (refunded lost parcels netting to zero). No idempotency key moved money twice.
 3. Per (warehouse, SKU): reserved equals the sum of open reservations there, on_hand never
    negative; when the initial stock is known, initial = on_hand + committed (shipped) quantities,
    per SKU over all warehouses and per (warehouse, SKU) when given that way.
@@ -29,10 +31,11 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from core.db.tables import idempotency_keys, orders, stock_reservations, warehouse_stock
-from core.domain import QUERY_ORDER, FailureReason, OrderStatus, OrderView, order_workflow_id
+from core.domain import QUERY_ORDER, FailureReason, OrderStatus, OrderView, ShipmentStatus, order_workflow_id
 
 LEGITIMATE_WAITS = {OrderStatus.AWAITING_REVIEW, OrderStatus.SHIPPED}
 ENDED_WITHOUT_GOODS = {OrderStatus.FAILED, OrderStatus.REJECTED, OrderStatus.CANCELLED}
+SHIPMENT_LEFT = {ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED, ShipmentStatus.LOST}
 
 
 @dataclass
@@ -150,30 +153,72 @@ class InvariantChecker:
         problems += [f"order {order} has {count} authorizations" for order, count in per_order.items() if count > 1]
 
         net_by_order: dict[str, int] = defaultdict(int)
+        moves_by_order: dict[str, list[dict]] = defaultdict(list)
         for movement in ledger["money_movements"]:
             order = auth_order.get(movement["authorization_id"])
             if order is not None:
                 net_by_order[order] += movement["amount"] if movement["kind"] == "capture" else -movement["amount"]
+                moves_by_order[order].append(movement)
         expected_total = 0
         for order_id, view in views.items():
             key = str(order_id)
-            if view.status == OrderStatus.COMPLETED:
+            net = net_by_order.get(key, 0)
+            if view.shipments:
+                expected = self._split_expected(view, net)
+                problems += self._per_shipment_moves(view, moves_by_order.get(key, []))
+            elif view.status == OrderStatus.COMPLETED:
                 expected = view.total
             elif view.status == OrderStatus.SHIPPED:
-                expected = net_by_order.get(key, 0)  # capture may still be in flight; checked when it ends
+                expected = net  # capture may still be in flight; checked when it ends
             else:
                 expected = 0  # never charged, voided, or refunded (lost parcels)
             expected_total += expected
-            if net_by_order.get(key, 0) != expected:
-                problems.append(
-                    f"order {key} ({view.status.value}): provider net {net_by_order.get(key, 0)}, expected {expected}"
-                )
+            if net != expected:
+                problems.append(f"order {key} ({view.status.value}): provider net {net}, expected {expected}")
         captured = sum(net_by_order.values())
         if captured != expected_total:
             problems.append(f"captured minus refunded {captured} != completed totals {expected_total}")
         return Check(
-            "2 captures - refunds = completed totals; one charge per key", not problems, len(authorizations), problems
+            "2 captures - refunds = delivered shipments (completed totals); one charge per key",
+            not problems,
+            len(authorizations),
+            problems,
         )
+
+    @staticmethod
+    def _split_expected(view: OrderView, net: int) -> int:
+        """What an order with shipments may have kept: the amounts of its delivered shipments. While
+        it is still shipped, a capture or a lost shipment's refund may be in flight, so anything
+        between nothing and every shipment that left passes until it ends."""
+        delivered = sum(s.amount for s in view.shipments if s.status == ShipmentStatus.DELIVERED)
+        if view.status != OrderStatus.SHIPPED:
+            return delivered
+        left = sum(s.amount for s in view.shipments if s.status in SHIPMENT_LEFT)
+        return net if 0 <= net <= left else delivered
+
+    @staticmethod
+    def _per_shipment_moves(view: OrderView, movements: list[dict]) -> list[str]:
+        """Each shipment's capture and refund move exactly its amount, and only for a shipment that
+        left (a refund only for a lost one): a capture of a pending or cancelled shipment, or of
+        one the order does not have, is money taken for goods that never went out."""
+        shipments = {s.id: s for s in view.shipments}
+        problems = []
+        for movement in movements:
+            operation = movement["idempotency_key"].removeprefix(f"order-{view.id}-")
+            kind, _, shipment_id = operation.partition("-")
+            if kind not in ("capture", "refund"):
+                problems.append(f"order {view.id}: {movement['kind']} under unknown key {movement['idempotency_key']}")
+                continue
+            shipment = shipments.get(shipment_id)
+            allowed = SHIPMENT_LEFT if kind == "capture" else {ShipmentStatus.LOST}
+            if shipment is None or shipment.status not in allowed or movement["kind"] != kind:
+                state = shipment.status.value if shipment else "unknown"
+                problems.append(f"order {view.id}: {movement['kind']} for {state} shipment {shipment_id or '?'}")
+            elif movement["amount"] != shipment.amount:
+                problems.append(
+                    f"order {view.id}: {kind} of {movement['amount']} for shipment {shipment_id} of {shipment.amount}"
+                )
+        return problems
 
     async def _stock(
         self,
