@@ -194,3 +194,51 @@ def test_poll_interval_is_bounded(capsys):
 
     assert main(["bench", "--poll-interval", "0", "--duration", "1"]) == 2
     assert "--poll-interval" in capsys.readouterr().err
+
+
+def test_the_mix_picks_every_kind_in_its_share_and_lines_follow_the_kind():
+    import random
+    from collections import Counter
+
+    from bench.loadgen import Catalogue, Mix
+
+    rng = random.Random(3)
+    kinds = Counter(Mix(split=0.2, partial=0.1).pick(rng) for _ in range(10_000))
+    assert 1_800 < kinds["split"] < 2_200 and 800 < kinds["partial"] < 1_200
+    assert set(kinds) == {"ok", "decline", "cancel", "expensive", "split", "partial"}
+    assert "split" not in Counter(Mix(split=0.0, partial=0.0).pick(rng) for _ in range(1_000))
+
+    catalogue = Catalogue("MUG", "SOFA", split_skus=("LAMP", "RUG"), scarce_sku="VASE")
+    assert [line["sku"] for line in catalogue.lines("split", rng)] == ["LAMP", "RUG"]
+    assert [line["sku"] for line in catalogue.lines("partial", rng)] == ["MUG", "VASE"]
+    assert catalogue.lines("expensive", rng) == [{"sku": "SOFA", "quantity": 1}]
+    # A catalogue without multi-warehouse SKUs (found over a platform's API) orders plain lines.
+    assert [line["sku"] for line in Catalogue("MUG", "SOFA").lines("split", rng)] == ["MUG"]
+
+
+def test_an_amending_customer_keeps_what_was_reserved():
+    from bench.loadgen import available_items
+
+    view = {
+        "items": [{"sku": "MUG", "quantity": 2, "unit_price": 1}, {"sku": "VASE", "quantity": 3, "unit_price": 1}],
+        "unavailable": [{"sku": "VASE", "quantity": 1}],
+    }
+    assert available_items(view) == [{"sku": "MUG", "quantity": 2}, {"sku": "VASE", "quantity": 2}]
+    view["unavailable"] = [{"sku": "VASE", "quantity": 3}]
+    assert available_items(view) == [{"sku": "MUG", "quantity": 2}]
+
+
+def test_completed_orders_are_grouped_by_fulfilment_kind_for_the_temporal_cost():
+    from bench.run import completed_by_kind
+
+    result = LoadResult(started=0, duration_s=1.0, drain_s=None)
+    done = {"order_id": "x", "status": "completed"}
+    result.orders = [
+        OrderOutcome("ok", "k1", "c", 0, **{**done, "order_id": "a"}),
+        OrderOutcome("split", "k2", "c", 0, **{**done, "order_id": "b"}),
+        OrderOutcome("partial", "k3", "c", 0, **{**done, "order_id": "c"}, amended=True),
+        OrderOutcome("partial", "k4", "c", 0, order_id="d", status="cancelled", amended=True),
+        OrderOutcome("partial", "k5", "c", 0, **{**done, "order_id": "e"}),  # completed without amending
+        OrderOutcome("expensive", "k6", "c", 0, **{**done, "order_id": "f"}),
+    ]
+    assert completed_by_kind(result) == {"single": ["a"], "split": ["b"], "amended": ["c"]}

@@ -103,6 +103,18 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
         default=0.05,
         help="share at the review threshold, approved by an operator (default 0.05)",
     )
+    parser.add_argument(
+        "--split",
+        type=float,
+        default=0.1,
+        help="share whose lines only two different warehouses hold: two shipments (default 0.1)",
+    )
+    parser.add_argument(
+        "--partial",
+        type=float,
+        default=0.05,
+        help="share asking for an out-of-stock SKU too, amended to what was reserved (default 0.05)",
+    )
     parser.add_argument("--reads", type=int, default=1, help="extra list reads per order besides polling (default 1)")
     parser.add_argument(
         "--poll-interval",

@@ -45,6 +45,7 @@ ROUTE_GET = "GET /v1/orders/{id}"
 ROUTE_CANCEL = "POST /v1/orders/{id}/cancel"
 ROUTE_REVIEW = "POST /v1/orders/{id}/review"
 ROUTE_LIST = "GET /v1/orders"
+ROUTE_AMEND = "POST /v1/orders/{id}/amend"
 
 
 def require_loopback(url: str) -> str:
@@ -63,10 +64,18 @@ class Mix:
     cancel: float = 0.05  # cancelled by the customer right after submitting (or 409 if already shipped)
     expensive: float = 0.05  # at or above the review threshold, approved by an operator
     reads: int = 1  # extra reads per order (a GET of the order and a list of the customer's orders)
+    split: float = 0.1  # lines only two different warehouses hold: one shipment from each
+    partial: float = 0.05  # asks for a SKU out of stock too: amended to what was reserved
 
     def pick(self, rng: random.Random) -> str:
         roll = rng.random()
-        for kind, share in (("decline", self.decline), ("cancel", self.cancel), ("expensive", self.expensive)):
+        for kind, share in (
+            ("decline", self.decline),
+            ("cancel", self.cancel),
+            ("expensive", self.expensive),
+            ("split", self.split),
+            ("partial", self.partial),
+        ):
             if roll < share:
                 return kind
             roll -= share
@@ -77,6 +86,24 @@ class Mix:
 class Catalogue:
     cheap_sku: str
     expensive_sku: str
+    # Multi-warehouse kinds (a platform found over its API has none: those orders fall back to ok).
+    split_skus: tuple[str, str] | None = None  # each held by one warehouse only, different ones
+    scarce_sku: str | None = None  # never in stock: an order asking for it is only partly available
+    # Stock per (warehouse, SKU) when the run began, for the invariant checker.
+    warehouse_stock: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def lines(self, kind: str, rng: random.Random) -> list[dict]:
+        """The items of an order of ``kind``."""
+        if kind == "expensive":
+            return [{"sku": self.expensive_sku, "quantity": 1}]
+        if kind == "split" and self.split_skus is not None:
+            return [{"sku": sku, "quantity": rng.randint(1, 2)} for sku in self.split_skus]
+        if kind == "partial" and self.scarce_sku is not None:
+            return [
+                {"sku": self.cheap_sku, "quantity": rng.randint(1, 3)},
+                {"sku": self.scarce_sku, "quantity": rng.randint(1, 2)},
+            ]
+        return [{"sku": self.cheap_sku, "quantity": rng.randint(1, 3)}]
 
 
 @dataclass
@@ -103,6 +130,7 @@ class OrderOutcome:
     server_latency_s: float | None = None  # created_at -> end state, platform clock
     shipped_latency_s: float | None = None  # created_at -> shipped, platform clock
     last_status: str | None = None  # as last read, for reporting orders that never ended
+    amended: bool = False  # the customer kept what was available after awaiting_customer
 
 
 class RequestPhase:
@@ -261,12 +289,15 @@ class LoadGenerator:
 
     async def _one_order(self) -> None:
         kind = self.mix.pick(self.rng)
+        if (kind == "split" and self.catalogue.split_skus is None) or (
+            kind == "partial" and self.catalogue.scarce_sku is None
+        ):
+            kind = "ok"  # a catalogue found over the API has no multi-warehouse SKUs of this run
         customer = self.rng.choice(self.customers)
         outcome = OrderOutcome(kind=kind, key=uuid.uuid4().hex, customer=customer, submitted_at=self._now())
         self.result.orders.append(outcome)
-        sku = self.catalogue.expensive_sku if kind == "expensive" else self.catalogue.cheap_sku
         body = {
-            "items": [{"sku": sku, "quantity": 1 if kind == "expensive" else self.rng.randint(1, 3)}],
+            "items": self.catalogue.lines(kind, self.rng),
             "shipping_address": ADDRESS,
             "payment_token": "tok_decline" if kind == "decline" else "tok_ok",
         }
@@ -285,7 +316,7 @@ class LoadGenerator:
         for _ in range(self.mix.reads):
             await self._call(ROUTE_LIST, "GET", "/v1/orders", params={"limit": 10}, headers=self._auth(customer))
         await asyncio.sleep(self.poll_interval_s)
-        approved = False
+        approved = amend_asked = False
         while self._now_mono() < self._give_up_at:
             response = await self._call(ROUTE_GET, "GET", path, headers=self._auth(customer))
             if response is not None and response.status_code == 200:
@@ -304,6 +335,18 @@ class LoadGenerator:
                     )
                     approved = answer is not None and answer.status_code in (200, 409)
                     if approved:
+                        continue
+                if view["status"] == "awaiting_customer" and not amend_asked:
+                    amend_asked = True
+                    answer = await self._call_retrying(
+                        ROUTE_AMEND,
+                        "POST",
+                        f"{path}/amend",
+                        json={"items": available_items(view)},
+                        headers=self._auth(customer),
+                    )
+                    outcome.amended = answer is not None and answer.status_code in (200, 202)
+                    if outcome.amended:
                         continue
             shed = response is not None and response.status_code in (429, 503)
             await asyncio.sleep(
@@ -435,6 +478,16 @@ def status_printer(stream=None) -> Callable[[str], None]:
         stream.flush()
 
     return emit
+
+
+def available_items(view: dict) -> list[dict]:
+    """What a customer keeps when only part of the order is available: each line less what the
+    order's ``unavailable`` says is missing, lines with nothing left dropped."""
+    missing: dict[str, int] = {}
+    for line in view.get("unavailable") or []:
+        missing[line["sku"]] = missing.get(line["sku"], 0) + line["quantity"]
+    kept = [{"sku": line["sku"], "quantity": line["quantity"] - missing.get(line["sku"], 0)} for line in view["items"]]
+    return [line for line in kept if line["quantity"] > 0]
 
 
 def _parse_time(value: str) -> datetime:

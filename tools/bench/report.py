@@ -68,6 +68,15 @@ def format_report(report: dict) -> str:
             f"(activities {cost['activities']}, retries {cost['activity_retries']}, local activities {cost['local_activities']} in {cost['local_activity_batches']} tasks, "
             f"timers {cost['timers']}, signals {cost['signals']}, updates {cost['updates']}, upserts {cost['upserts']}, workflow tasks {cost['workflow_tasks']})"
         )
+    for kind, per_kind in (report.get("temporal_per_kind") or {}).items():
+        if per_kind.get("sampled"):
+            lines.append(
+                f"  {kind} orders (histories of {per_kind['sampled']}): actions {per_kind['actions']}, "
+                f"history events {per_kind['history_events']}, activities {per_kind['activities']}, "
+                f"signals {per_kind['signals']}, updates {per_kind['updates']}"
+            )
+        else:
+            lines.append(f"  {kind} orders: none completed")
     base = report.get("baselines") or {}
     if base:
         lines.append("\n== baselines (same servers, same concurrency) ==")

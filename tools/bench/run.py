@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 import httpx
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
@@ -33,6 +34,7 @@ from bench.stack import BenchStack, StackOptions
 from core.config import Settings, get_settings
 from core.db.catalog import upsert_products
 from core.db.engine import create_engine
+from core.db.tables import DEFAULT_WAREHOUSE, warehouses
 from core.temporal import connect_client
 from core.tokens import mint_token
 
@@ -81,16 +83,37 @@ async def against_url(args: argparse.Namespace) -> dict:
 
 
 async def prepare_catalogue(engine: AsyncEngine, settings: Settings, run_id: str) -> tuple[Catalogue, dict[str, int]]:
-    """Two SKUs of this run: a cheap one and one at the review threshold, with plenty of stock."""
+    """The SKUs of this run, in the default warehouse unless said otherwise: a cheap one and one at
+    the review threshold with plenty of stock; two held by one warehouse each (the default one and
+    a second warehouse of this run), so an order of both ships twice; and one never in stock, so an
+    order asking for it is only partly available (whatever the run's length, it never runs dry)."""
     cheap, expensive = f"BENCH-{run_id}-MUG", f"BENCH-{run_id}-SOFA"
+    near, far, scarce = f"BENCH-{run_id}-LAMP", f"BENCH-{run_id}-RUG", f"BENCH-{run_id}-VASE"
+    second = f"BENCH-{run_id}-WH2"
+    async with engine.begin() as conn:
+        last = (await conn.execute(select(func.coalesce(func.max(warehouses.c.preference), 0)))).scalar_one()
+        await conn.execute(insert(warehouses).values(id=second, name=f"bench {run_id}", preference=last + 1))
+    spread = {
+        cheap: {DEFAULT_WAREHOUSE: BENCH_STOCK},
+        expensive: {DEFAULT_WAREHOUSE: BENCH_STOCK},
+        near: {DEFAULT_WAREHOUSE: BENCH_STOCK},
+        far: {second: BENCH_STOCK},
+        scarce: {DEFAULT_WAREHOUSE: 0},
+    }
     await upsert_products(
         engine,
         [
             (cheap, "bench mug", CHEAP_PRICE, BENCH_STOCK),
             (expensive, "bench sofa", settings.review_threshold_minor, BENCH_STOCK),
+            (near, "bench lamp", CHEAP_PRICE, BENCH_STOCK),
+            (far, "bench rug", CHEAP_PRICE, BENCH_STOCK),
+            (scarce, "bench vase", CHEAP_PRICE, 0),
         ],
+        stock=spread,
     )
-    return Catalogue(cheap, expensive), {cheap: BENCH_STOCK, expensive: BENCH_STOCK}
+    per_place = {(warehouse, sku): qty for sku, places in spread.items() for warehouse, qty in places.items()}
+    catalogue = Catalogue(cheap, expensive, split_skus=(near, far), scarce_sku=scarce, warehouse_stock=per_place)
+    return catalogue, {sku: sum(places.values()) for sku, places in spread.items()}
 
 
 async def catalogue_from_api(url: str, token: str) -> Catalogue:
@@ -105,12 +128,20 @@ async def catalogue_from_api(url: str, token: str) -> Catalogue:
 
 
 async def check_invariants(
-    settings: Settings, client: Client, order_ids: list[str], initial_stock: dict[str, int] | None
+    settings: Settings,
+    client: Client,
+    order_ids: list[str],
+    initial_stock: dict[str, int] | None,
+    initial_warehouse_stock: dict[tuple[str, str], int] | None = None,
 ) -> InvariantReport:
     engine = create_engine(settings, pool_size=5)
     try:
         checker = InvariantChecker(engine, client, settings.payment_base_url)
-        return await checker.check([uuid.UUID(i) for i in order_ids], initial_stock=initial_stock)
+        return await checker.check(
+            [uuid.UUID(i) for i in order_ids],
+            initial_stock=initial_stock,
+            initial_warehouse_stock=initial_warehouse_stock or None,
+        )
     finally:
         await engine.dispose()
 
@@ -132,7 +163,14 @@ async def run_load(
         url,
         settings,
         catalogue,
-        mix=Mix(decline=args.decline, cancel=args.cancel, expensive=args.expensive, reads=args.reads),
+        mix=Mix(
+            decline=args.decline,
+            cancel=args.cancel,
+            expensive=args.expensive,
+            reads=args.reads,
+            split=args.split,
+            partial=args.partial,
+        ),
         customers=args.customers,
         seed=args.seed,
         poll_interval_s=args.poll_interval,
@@ -182,6 +220,10 @@ async def measure(
     report["temporal_per_completed_order"] = (
         await temporal_cost(client, completed_ids, args.history_sample) if client else {"sampled": 0}
     )
+    report["temporal_per_kind"] = {
+        kind: await temporal_cost(client, ids, args.history_sample) if client else {"sampled": 0}
+        for kind, ids in completed_by_kind(result).items()
+    }
 
     if args.half_rate_check and summary["throughput_ended_per_s"] > 0:
         half = round(summary["throughput_ended_per_s"] / 2, 2)
@@ -200,7 +242,9 @@ async def measure(
 
     if client is not None and settings.database_url:
         say(f"checking invariants over {len(accepted_ids)} accepted orders")
-        invariants = await check_invariants(settings, client, accepted_ids, initial_stock)
+        invariants = await check_invariants(
+            settings, client, accepted_ids, initial_stock, catalogue.warehouse_stock if initial_stock else None
+        )
         report["invariants"] = {
             "ok": invariants.ok,
             "table": invariants.table(),
@@ -210,6 +254,22 @@ async def measure(
     if stack is not None and client is not None and args.baselines:
         await _baselines(args, stack, client, catalogue, report)
     return report
+
+
+def completed_by_kind(result: LoadResult) -> dict[str, list[str]]:
+    """Completed orders per fulfilment kind: ``single`` (plain orders, one shipment), ``split`` (two
+    warehouses, two shipments) and ``amended`` (partly available, kept what was reserved)."""
+    kinds: dict[str, list[str]] = {"single": [], "split": [], "amended": []}
+    for order in result.ended:
+        if order.status != "completed" or order.order_id is None:
+            continue
+        if order.kind == "ok":
+            kinds["single"].append(order.order_id)
+        elif order.kind == "split":
+            kinds["split"].append(order.order_id)
+        elif order.kind == "partial" and order.amended:
+            kinds["amended"].append(order.order_id)
+    return kinds
 
 
 async def _platform(
