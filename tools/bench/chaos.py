@@ -242,7 +242,7 @@ async def run_chaos(stack, plan: ChaosPlan, *, status_line=None) -> ChaosReport:
             f"{len(accepted)} checked, missing {missing[:3]}",
         )
     )
-    invariants = await check_invariants(settings, client, accepted, initial_stock)
+    invariants = await check_invariants(settings, client, accepted, initial_stock, catalogue.warehouse_stock)
     for check in invariants.checks:
         report.checks.append(
             (
