@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -86,12 +87,13 @@ def test_a_worker_started_by_hand_joins_orders_dev(tmp_path: Path) -> None:
         _wait_for(dev_log, "ready in", dev, timeout=120)
         stack_file = tmp_path / ".data" / STACK_FILE
         assert stack_file.is_file()
-        assert f"{ORDERS} worker" in dev_log.read_text()  # the banner says how to start another
-
-        with open(worker_log, "wb") as out:  # a second terminal: nothing set by hand
-            worker = subprocess.Popen(
-                [ORDERS, "worker"], cwd=tmp_path, env=_clean_env(), stdout=out, stderr=subprocess.STDOUT
-            )
+        # The banner says how to start another worker: run exactly that, in a second terminal with
+        # nothing set by hand.
+        banner = next(line for line in dev_log.read_text().splitlines() if "Another worker:" in line)
+        command = shlex.split(banner.split("Another worker:", 1)[1].split("(in another terminal", 1)[0])
+        assert command == [ORDERS, "worker"], banner
+        with open(worker_log, "wb") as out:
+            worker = subprocess.Popen(command, cwd=tmp_path, env=_clean_env(), stdout=out, stderr=subprocess.STDOUT)
         _wait_for(worker_log, "workers running", worker, timeout=60)
 
         token = _orders("token", "--sub", f"joiner-{uuid.uuid4().hex[:6]}", cwd=tmp_path)

@@ -194,7 +194,10 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
         def banner() -> None:
             nonlocal published
             published = publish_stack(data_dir / STACK_FILE, stack_values)
-            join = _orders_command() + ("" if data_dir == Path(".data").absolute() else f" --data-dir {data_dir}")
+            # --data-dir is an option of the component's own command, so it comes after it.
+            join = f"{_orders_command()} worker" + (
+                "" if data_dir == Path(".data").absolute() else f" --data-dir {data_dir}"
+            )
             _say(f"ready in {time.monotonic() - started:.1f}s")
             print(
                 "\n"
@@ -206,7 +209,7 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
                 f"  Logs           {logs}\n"
                 f"  Settings       {data_dir / STACK_FILE}\n"
                 "\n"
-                f"  Another worker:  {join} worker   (in another terminal; it finds this stack)\n"
+                f"  Another worker:  {join}   (in another terminal; it finds this stack)\n"
                 "  Try it:  TOKEN=$(.venv/bin/orders token --sub alice)\n"
                 f'           curl -s -H "Authorization: Bearer $TOKEN" {api_url}/v1/products\n'
                 "\n  Ctrl-C stops everything.\n",
