@@ -182,3 +182,28 @@ async def test_a_cancel_naming_a_pending_shipment_releases_its_stock_and_never_c
         2_500,
     )
     assert money(payments) == ([2_500], [])
+
+
+async def test_a_cancel_racing_the_first_shipment_undoes_everything(ts_env, run_workers, task_queue, engine, sandbox):
+    """The cancel arrives while the first parcel is being created (no shipping worker has taken the
+    task yet): it wins, the parcel made meanwhile is cancelled at the carrier, nothing is charged."""
+    first, second = await new_warehouses(engine, 2)
+    mug, lamp = await stocked_sku(engine, {first: 5}), await stocked_sku(engine, {second: 3})
+    order = two_skus(mug, lamp)
+    async with run_workers("orchestration", "inventory", "payments"):
+        handle = await start(ts_env, task_queue, order)
+        await reach(handle, OrderStatus.PAYMENT_AUTHORIZED)
+        cancel = await handle.start_update(
+            UPDATE_CANCEL,
+            CancelRequest(reason="changed my mind"),
+            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            result_type=OrderView,
+        )
+        async with run_workers("shipping"):  # now the shipment is created, then undone
+            answered = await cancel.result()
+            final = await handle.result()
+    assert (final.status, final.failure_reason) == (OrderStatus.CANCELLED, FailureReason.CANCELLED_BY_CUSTOMER)
+    assert answered.status == OrderStatus.CANCELLED
+    assert money(await ledger(sandbox, order.order_id)) == ([], [])
+    assert await stock_by_warehouse(engine, mug) == {first: (5, 0)}
+    assert await stock_by_warehouse(engine, lamp) == {second: (3, 0)}
