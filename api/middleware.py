@@ -65,6 +65,18 @@ class RequestGuards:
         self.max_body_bytes = max_body_bytes
         self.json_paths_prefix = json_paths_prefix
 
+    async def _body_too_large(self, send, request_id: str, path: str) -> None:
+        """The one 413 answer, whether the declared length or the bytes read are over the limit."""
+        await send_problem(
+            send,
+            413,
+            "Body too large",
+            f"the body may be at most {self.max_body_bytes} bytes",
+            request_id,
+            path,
+            "body-too-large",
+        )
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -91,15 +103,7 @@ class RequestGuards:
                 )
             length = headers.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                return await send_problem(
-                    send,
-                    413,
-                    "Body too large",
-                    f"the body may be at most {self.max_body_bytes} bytes",
-                    request_id,
-                    path,
-                    "body-too-large",
-                )
+                return await self._body_too_large(send, request_id, path)
 
         received = 0
         too_large = False
@@ -127,15 +131,7 @@ class RequestGuards:
         try:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
-            await send_problem(
-                send,
-                413,
-                "Body too large",
-                f"the body may be at most {self.max_body_bytes} bytes",
-                request_id,
-                path,
-                "body-too-large",
-            )
+            await self._body_too_large(send, request_id, path)
         except Exception:
             # Answered here rather than by Starlette's outermost handler so the 500 carries
             # X-Request-ID too; the log line has the stack trace, the caller only the id.
