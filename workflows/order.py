@@ -489,15 +489,14 @@ class OrderWorkflow:
             self._view.tracking_number = shipment.tracking_number
         for early in [e for e in self._early_carrier_events if e.tracking_number == shipment.tracking_number]:
             self._record_shipment_event(shipment, early)
-        if self._lean:
-            # The goods left: deduct them in the same workflow task as the projection below.
-            await self._commit_shipment_stock(shipment)
+        # The goods left: a lean run deducts them with the projection below, in one transaction.
+        commit = StockRelease(order_id=self._order.order_id, warehouse_id=shipment.warehouse_id) if self._lean else None
         if first:
-            await self._transition(OrderStatus.SHIPPED)
+            await self._transition(OrderStatus.SHIPPED, commit_stock=commit)
             # Past the point of no return: from now on each part is settled on its own.
             self._compensations.clear()
         else:
-            await self._project()
+            await self._project(commit_stock=commit)
         final = shipment is self._view.shipments[-1]
         self._step(
             f"Shipment {shipment.id} shipped ({shipment.tracking_number}); capturing {self._money(shipment.amount)} "
@@ -519,14 +518,13 @@ class OrderWorkflow:
         )
         self._capture_closed = final
         if not self._lean:
-            await self._commit_shipment_stock(shipment)
-
-    async def _commit_shipment_stock(self, shipment: ShipmentView) -> None:
-        await self._stock(
-            StockActivities.commit_stock,
-            StockRelease(order_id=self._order.order_id, warehouse_id=shipment.warehouse_id),
-            summary=f"deduct stock of {shipment.id} ({shipment.warehouse_id})",
-        )
+            await workflow.execute_activity_method(
+                StockActivities.commit_stock,
+                StockRelease(order_id=self._order.order_id, warehouse_id=shipment.warehouse_id),
+                task_queue=self._queue("inventory"),
+                summary=f"deduct stock of {shipment.id} ({shipment.warehouse_id})",
+                **policies.STOCK.options(),
+            )
 
     async def _drop_shipment(self, shipment: ShipmentView, note: str) -> None:
         """A shipment that will not leave: its stock goes back, its part is never captured."""
@@ -910,6 +908,7 @@ class OrderWorkflow:
         reason: FailureReason | None = None,
         note: str | None = None,
         publish: bool = True,
+        commit_stock: StockRelease | None = None,
     ) -> None:
         """Move the order to ``status``. ``publish=False`` (lean runs only) is for a transition that
         another one follows in the same workflow task: its upsert and projection go out with that
@@ -924,7 +923,7 @@ class OrderWorkflow:
             self._step(f"Order is {status.value}" + (f": {note}" if note else ""))
             return
         self._publish(note)
-        await self._project()
+        await self._project(commit_stock=commit_stock)
 
     def _publish(self, note: str | None = None) -> None:
         """Show the transition in the Temporal UI: search attributes and the current details."""
@@ -959,12 +958,15 @@ class OrderWorkflow:
     def _lines_text(self) -> str:
         return ", ".join(f"{line.quantity} x {line.sku}" for line in self._lines)
 
-    async def _project(self) -> None:
+    async def _project(self, commit_stock: StockRelease | None = None) -> None:
         self._seq += 1
+        summary = f"project {self._view.status.value}"
+        if commit_stock is not None:
+            summary += f", deduct stock in {commit_stock.warehouse_id}"
         await workflow.execute_local_activity_method(
             ProjectionActivities.project_order,
-            ProjectOrder(seq=self._seq, view=self._view.model_copy(deep=True)),
-            summary=f"project {self._view.status.value}",
+            ProjectOrder(seq=self._seq, view=self._view.model_copy(deep=True), commit_stock=commit_stock),
+            summary=summary,
             **policies.PROJECTION.options(),
         )
 

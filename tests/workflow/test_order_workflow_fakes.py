@@ -200,8 +200,11 @@ class FakeOrderActivities:
 
     @activity.defn(name="project_order")
     async def project_order(self, request: ProjectOrder) -> None:
-        # The local projection activity: recorded apart, the tests look at it on its own.
+        # The local projection activity: recorded apart, the tests look at it on its own; the stock
+        # commit a lean run's `shipped` projection carries is recorded as the commit it is.
         self.projected.append(request)
+        if request.commit_stock is not None:
+            self._record("commit_stock", request.commit_stock)
         if request.view.status == self.hold_projection_of:
             self.projection_held.set()
             await self.projection_gate.wait()
