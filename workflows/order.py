@@ -560,7 +560,7 @@ class OrderWorkflow:
             f"Waiting for delivery of {parcels}; each refunded if not delivered by {deadline:%Y-%m-%d %H:%M} UTC"
         )
         await self._refund_lost()
-        if self._lean:
+        if self._lean and self._in_transit():
             await self._await_deliveries_until(
                 asyncio.ensure_future(
                     workflow.sleep(timedelta(seconds=self._order.delivery_deadline_s), summary="delivery deadline")
