@@ -84,8 +84,20 @@ async def _reach(handle: WorkflowHandle, status: OrderStatus) -> OrderView:
     return await wait_for(reached, timeout=60, what=f"status {status}")
 
 
+async def _settled(handle: WorkflowHandle) -> None:
+    """Wait until no activity is pending (the captures are done): the order waits for its parcels.
+    A carrier's event comes days after the shipment, so that is the history worth keeping; one sent
+    while the capture is in flight lands before the delivery deadline's timer exists."""
+
+    async def idle():
+        return not (await handle.describe()).raw_description.pending_activities
+
+    await wait_for(idle, timeout=60, what="no pending activity")
+
+
 async def _deliver(handle: WorkflowHandle, event: CarrierEventKind) -> None:
     shipped = await _reach(handle, OrderStatus.SHIPPED)
+    await _settled(handle)
     await handle.signal(
         SIGNAL_CARRIER_EVENT,
         CarrierEventSignal(tracking_number=shipped.tracking_number, event=event, occurred_at=datetime.now(UTC)),
@@ -153,6 +165,7 @@ async def _deliver_each(handle: WorkflowHandle, *events: CarrierEventKind) -> No
         return view if left and all(s.status != ShipmentStatus.PENDING for s in view.shipments) else None
 
     view = await wait_for(all_left, timeout=60, what="every shipment shipped")
+    await _settled(handle)
     for shipment, event in zip(view.shipments, events, strict=True):
         await handle.signal(
             SIGNAL_CARRIER_EVENT,
