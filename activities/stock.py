@@ -186,31 +186,39 @@ class StockActivities:
         )
 
     async def _settle(self, request: StockRelease, *, new_state: str, deduct_on_hand: bool) -> None:
-        now = datetime.now(UTC)
-        conditions = [stock_reservations.c.order_id == request.order_id, stock_reservations.c.state == "reserved"]
-        if request.warehouse_id is not None:
-            conditions.append(stock_reservations.c.warehouse_id == request.warehouse_id)
         async with self._engine.begin() as conn:
-            settled = (
-                await conn.execute(
-                    update(stock_reservations)
-                    .where(and_(*conditions))
-                    .values(state=new_state, updated_at=now)
-                    .returning(
-                        stock_reservations.c.warehouse_id, stock_reservations.c.sku, stock_reservations.c.quantity
-                    )
-                )
-            ).all()
-            # Same (warehouse, sku) order as reserve_stock's locks: no deadlock between the two.
-            for warehouse_id, sku, quantity in sorted(settled):
-                values = {"reserved": warehouse_stock.c.reserved - quantity}
-                if deduct_on_hand:
-                    values["on_hand"] = warehouse_stock.c.on_hand - quantity
-                await conn.execute(
-                    update(warehouse_stock)
-                    .where(and_(warehouse_stock.c.warehouse_id == warehouse_id, warehouse_stock.c.sku == sku))
-                    .values(**values)
-                )
+            await settle_stock(conn, request, new_state=new_state, deduct_on_hand=deduct_on_hand)
+
+
+async def commit_stock_in(conn: AsyncConnection, request: StockRelease) -> None:
+    """:meth:`StockActivities.commit_stock` inside the caller's transaction (the projection of
+    `shipped` commits the shipment's stock with it)."""
+    await settle_stock(conn, request, new_state="committed", deduct_on_hand=True)
+
+
+async def settle_stock(conn: AsyncConnection, request: StockRelease, *, new_state: str, deduct_on_hand: bool) -> None:
+    now = datetime.now(UTC)
+    conditions = [stock_reservations.c.order_id == request.order_id, stock_reservations.c.state == "reserved"]
+    if request.warehouse_id is not None:
+        conditions.append(stock_reservations.c.warehouse_id == request.warehouse_id)
+    settled = (
+        await conn.execute(
+            update(stock_reservations)
+            .where(and_(*conditions))
+            .values(state=new_state, updated_at=now)
+            .returning(stock_reservations.c.warehouse_id, stock_reservations.c.sku, stock_reservations.c.quantity)
+        )
+    ).all()
+    # Same (warehouse, sku) order as reserve_stock's locks: no deadlock between the two.
+    for warehouse_id, sku, quantity in sorted(settled):
+        values = {"reserved": warehouse_stock.c.reserved - quantity}
+        if deduct_on_hand:
+            values["on_hand"] = warehouse_stock.c.on_hand - quantity
+        await conn.execute(
+            update(warehouse_stock)
+            .where(and_(warehouse_stock.c.warehouse_id == warehouse_id, warehouse_stock.c.sku == sku))
+            .values(**values)
+        )
 
 
 async def _recorded_allocation(

@@ -1,6 +1,11 @@
 """Record golden histories: run every path of the order workflow for real and save each history.
 
     .venv/bin/python scripts/record_golden_histories.py tests/golden/<date>-<slug>
+    .venv/bin/python scripts/record_golden_histories.py --cost /tmp/histories
+
+``--cost`` runs the paths that need no time skipping on a real Temporal dev server instead (the
+time-skipping server adds workflow tasks of its own) and prints the Temporal actions and history
+events of each, counted as `orders bench` counts them (bench.measure.temporal.count_actions).
 
 Real runs: an embedded PostgreSQL, the sandbox providers over HTTP, the real activities and the
 time-skipping test server (so the 24 h review timeout passes at once), with the platform's data
@@ -29,6 +34,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy  #
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities.http import provider_client  # noqa: E402
+from bench.measure.temporal import count_actions  # noqa: E402
 from core.db.engine import create_engine  # noqa: E402
 from core.db.migrate import upgrade_async  # noqa: E402
 from core.domain import (  # noqa: E402
@@ -54,7 +60,7 @@ from core.domain import (  # noqa: E402
 )
 from core.search_attributes import ensure_search_attributes  # noqa: E402
 from core.temporal import data_converter  # noqa: E402
-from devstack.binaries import temporal_test_server_path  # noqa: E402
+from devstack.binaries import temporal_cli_path, temporal_test_server_path  # noqa: E402
 from devstack.postgres import EmbeddedPostgres  # noqa: E402
 from devstack.processes import free_port  # noqa: E402
 from tests.harness import Database, create_database, start_sandbox, test_settings, wait_for  # noqa: E402
@@ -76,7 +82,15 @@ async def _start(env: WorkflowEnvironment, queue: str, order: OrderInput) -> Wor
     )
 
 
+# Seconds before the first query of an order. A query that reaches the workflow while its first task
+# runs local activities makes the SDK close that task early, one more workflow task in the history;
+# `--cost` waits so as to count what a client that reads the read model causes.
+first_query_delay_s = 0.0
+
+
 async def _reach(handle: WorkflowHandle, status: OrderStatus) -> OrderView:
+    await asyncio.sleep(first_query_delay_s)
+
     async def reached():
         view = await handle.query(QUERY_ORDER, result_type=OrderView)
         return view if view.status == status else None
@@ -84,8 +98,20 @@ async def _reach(handle: WorkflowHandle, status: OrderStatus) -> OrderView:
     return await wait_for(reached, timeout=60, what=f"status {status}")
 
 
+async def _settled(handle: WorkflowHandle) -> None:
+    """Wait until no activity is pending (the captures are done): the order waits for its parcels.
+    A carrier's event comes days after the shipment, so that is the history worth keeping; one sent
+    while the capture is in flight lands before the delivery deadline's timer exists."""
+
+    async def idle():
+        return not (await handle.describe()).raw_description.pending_activities
+
+    await wait_for(idle, timeout=60, what="no pending activity")
+
+
 async def _deliver(handle: WorkflowHandle, event: CarrierEventKind) -> None:
     shipped = await _reach(handle, OrderStatus.SHIPPED)
+    await _settled(handle)
     await handle.signal(
         SIGNAL_CARRIER_EVENT,
         CarrierEventSignal(tracking_number=shipped.tracking_number, event=event, occurred_at=datetime.now(UTC)),
@@ -153,6 +179,7 @@ async def _deliver_each(handle: WorkflowHandle, *events: CarrierEventKind) -> No
         return view if left and all(s.status != ShipmentStatus.PENDING for s in view.shipments) else None
 
     view = await wait_for(all_left, timeout=60, what="every shipment shipped")
+    await _settled(handle)
     for shipment, event in zip(view.shipments, events, strict=True):
         await handle.signal(
             SIGNAL_CARRIER_EVENT,
@@ -202,7 +229,24 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
-async def record(target: Path) -> None:
+# Paths whose timers only a time-skipping server passes at once.
+NEEDS_TIME_SKIPPING = {"review_timeout", "customer_timeout"}
+
+
+async def _server(settings, cost: bool) -> WorkflowEnvironment:
+    if cost:
+        return await WorkflowEnvironment.start_local(
+            data_converter=data_converter(settings), dev_server_existing_path=str(temporal_cli_path())
+        )
+    return await WorkflowEnvironment.start_time_skipping(
+        data_converter=data_converter(settings),
+        test_server_existing_path=str(temporal_test_server_path()),
+    )
+
+
+async def record(target: Path, *, cost: bool = False) -> None:
+    global first_query_delay_s
+    first_query_delay_s = 1.0 if cost else 0.0
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
         tmp_path = Path(tmp)
@@ -217,10 +261,7 @@ async def record(target: Path) -> None:
             settings = test_settings(database.url)
             sandbox = start_sandbox(settings, tmp_path)
             engine = create_engine(settings)
-            env = await WorkflowEnvironment.start_time_skipping(
-                data_converter=data_converter(settings),
-                test_server_existing_path=str(temporal_test_server_path()),
-            )
+            env = await _server(settings, cost)
             try:
                 await ensure_search_attributes(env.client, "default")
                 async with provider_client(settings) as http, AsyncExitStack() as stack:
@@ -228,15 +269,24 @@ async def record(target: Path) -> None:
                     for worker in build_workers(env.client, settings, engine, http, task_queue=queue):
                         await stack.enter_async_context(worker)
                     for scenario, run in SCENARIOS.items():
+                        if cost and scenario in NEEDS_TIME_SKIPPING:
+                            continue
                         handle = await run(env, queue, engine)
                         final = await handle.result()
                         history = await handle.fetch_history()
                         (target / f"{scenario}.json").write_text(history.to_json())
-                        print(
-                            f"{scenario:17} {final.status.value}/{final.failure_reason and final.failure_reason.value}"
-                            f"  {len(history.events)} events",
-                            flush=True,
-                        )
+                        outcome = f"{final.status.value}/{final.failure_reason and final.failure_reason.value}"
+                        if cost:
+                            c = count_actions(history.events)
+                            print(
+                                f"{scenario:17} {outcome:30} actions {c['actions']:3}  events {c['history_events']:3}"
+                                f"  (activities {c['activities']}, local {c['local_activities']} in"
+                                f" {c['local_activity_batches']} tasks, timers {c['timers']}, signals {c['signals']},"
+                                f" updates {c['updates']}, upserts {c['upserts']}, workflow tasks {c['workflow_tasks']})",
+                                flush=True,
+                            )
+                        else:
+                            print(f"{scenario:17} {outcome}  {len(history.events)} events", flush=True)
             finally:
                 await env.shutdown()
                 await engine.dispose()
@@ -247,6 +297,10 @@ async def record(target: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    arguments = sys.argv[1:]
+    cost = arguments[:1] == ["--cost"]
+    if cost:
+        arguments = arguments[1:]
+    if len(arguments) != 1:
         sys.exit(__doc__)
-    asyncio.run(record(Path(sys.argv[1])))
+    asyncio.run(record(Path(arguments[0]), cost=cost))

@@ -39,7 +39,14 @@ def queue_specs(
     shipping = ShippingActivities(http, settings.carrier_base_url)
     projection = ProjectionActivities(engine)
     return {
-        "orchestration": QueueSpec(base, WORKFLOWS, [projection.project_order]),
+        # The order workflow runs its stock work as local activities (PATCH_LEAN_HISTORY; the
+        # projection of `shipped` commits the stock), so its worker holds them too; the inventory
+        # queue still serves runs started before.
+        "orchestration": QueueSpec(
+            base,
+            WORKFLOWS,
+            [projection.project_order, stock.reserve_stock, stock.release_stock, stock.reduce_reservation],
+        ),
         "inventory": QueueSpec(
             f"{base}-inventory",
             (),

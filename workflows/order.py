@@ -7,8 +7,10 @@ succeeds and run in reverse when the order ends early.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -90,6 +92,17 @@ PATCH_EARLY_CARRIER_EVENTS = "order-keep-carrier-events-until-shipment-known"
 # it is running (the longest order lives customer_response_timeout_s + review_timeout_s +
 # delivery_deadline_s), and go with those folders after that (docs/workflow-versioning.md).
 PATCH_SPLIT_SHIPMENTS = "order-split-shipments"
+# Fewer Temporal actions and history events per order (issue 12, docs/workflow-versioning.md): the
+# stock work (reserve, commit, release, reduce) runs as local activities on the order's own worker,
+# in the same workflow task as the projection of the transition it causes (one action, no round trip
+# to the inventory queue); stock is committed together with the `shipped` projection; transitions
+# that follow each other in one workflow task publish once (one upsert, one projection); the delivery
+# deadline is one timer for the whole wait, never cancelled. It is checked FIRST and implies
+# PATCH_SKIP_RECEIVED and PATCH_SPLIT_SHIPMENTS, which new runs then never call: one patch marker
+# (and one SDK-made TemporalChangeVersion upsert) per order instead of two. Runs started before
+# replay their own paths unchanged (golden folders up to 2026-12-04-split-shipments); it can become
+# deprecate_patch under the same rule as PATCH_SPLIT_SHIPMENTS.
+PATCH_LEAN_HISTORY = "order-lean-history"
 
 
 class OrderEnded(Exception):
@@ -108,6 +121,12 @@ Compensation = Callable[[], Awaitable[None]]
 def _error_type(error: BaseException) -> str | None:
     cause = error.cause if isinstance(error, ActivityError) else error
     return cause.type if isinstance(cause, ApplicationError) else None
+
+
+def _error_text(error: BaseException) -> str:
+    # An activity's failure arrives as ActivityError with the cause inside; a local activity's
+    # (the SDK's own choice, seen with temporalio 1.35) as the ApplicationError itself.
+    return str(error.cause) if isinstance(error, ActivityError) else str(error)
 
 
 @workflow.defn(name=ORDER_WORKFLOW)
@@ -143,18 +162,24 @@ class OrderWorkflow:
         self._shipment_changes = 0
         self._capture_closed = False
         self._deadline_passed = False
+        # PATCH_LEAN_HISTORY; search-attribute updates of transitions not published yet (they
+        # go out with the next published one, in the same workflow task).
+        self._lean = False
+        self._unpublished: list[Any] = []
 
     # --- the order's story ----------------------------------------------------------------------
 
     @workflow.run
     async def run(self, order: OrderInput) -> OrderView:
-        self._skip_received = workflow.patched(PATCH_SKIP_RECEIVED)
+        # The newest patch first: a run that has it never asks for the ones it implies.
+        self._lean = workflow.patched(PATCH_LEAN_HISTORY)
+        self._skip_received = self._lean or workflow.patched(PATCH_SKIP_RECEIVED)
         if self._skip_received:
             self._step("Order is received")
         else:
             self._publish()
             await self._project()
-        self._split = workflow.patched(PATCH_SPLIT_SHIPMENTS)
+        self._split = self._lean or workflow.patched(PATCH_SPLIT_SHIPMENTS)
         try:
             if self._split:
                 await self._reserve_available_stock()
@@ -311,17 +336,15 @@ class OrderWorkflow:
     async def _reserve_available_stock(self) -> None:
         self._step(f"Reserving stock for {self._lines_text()}")
         try:
-            allocation = await workflow.execute_activity_method(
+            allocation = await self._stock(
                 StockActivities.reserve_stock,
                 StockRequest(order_id=self._order.order_id, lines=self._order.lines, allow_partial=True),
-                task_queue=self._queue("inventory"),
                 summary="reserve stock",
-                **policies.STOCK.options(),
             )
-        except ActivityError as error:
+        except (ActivityError, ApplicationError) as error:
             # Not raised when partial reservations are allowed; an all-or-nothing worker still may.
             if _error_type(error) == ERR_OUT_OF_STOCK:
-                raise OrderEnded(OrderStatus.REJECTED, FailureReason.OUT_OF_STOCK, str(error.cause)) from error
+                raise OrderEnded(OrderStatus.REJECTED, FailureReason.OUT_OF_STOCK, _error_text(error)) from error
             raise
         if not allocation.lines:
             missing = ", ".join(line.sku for line in allocation.unavailable)
@@ -331,7 +354,9 @@ class OrderWorkflow:
             allocation = await self._await_customer(allocation)
         self._raise_if_cancelled()
         self._plan_shipments(allocation)
-        await self._transition(OrderStatus.STOCK_RESERVED)
+        # A review that follows at once publishes for both: nobody could see `stock_reserved` meanwhile.
+        review_follows = self._lean and self._total >= self._order.review_threshold
+        await self._transition(OrderStatus.STOCK_RESERVED, publish=not review_follows)
 
     async def _await_customer(self, allocation: StockAllocation) -> StockAllocation:
         """Part of the order is unavailable: wait for the customer to amend (keep what is reserved)
@@ -362,12 +387,10 @@ class OrderWorkflow:
         self._raise_if_cancelled()
         assert self._amend is not None
         keep = {line.sku: line.quantity for line in self._amend.lines}
-        kept = await workflow.execute_activity_method(
+        kept = await self._stock(
             StockActivities.reduce_reservation,
             ReduceReservation(order_id=self._order.order_id, keep=keep),
-            task_queue=self._queue("inventory"),
             summary="release what the amend dropped",
-            **policies.STOCK.options(),
         )
         # Prices stay those of order time.
         self._lines = [
@@ -380,7 +403,10 @@ class OrderWorkflow:
         self._view.total = self._total
         self._view.unavailable = []
         self._view.customer_deadline = None
-        workflow.upsert_search_attributes([ORDER_TOTAL.value_set(self._total)])
+        if self._lean:
+            self._unpublished.append(ORDER_TOTAL.value_set(self._total))  # with the next status
+        else:
+            workflow.upsert_search_attributes([ORDER_TOTAL.value_set(self._total)])
         return kept
 
     def _plan_shipments(self, allocation: StockAllocation) -> None:
@@ -463,12 +489,14 @@ class OrderWorkflow:
             self._view.tracking_number = shipment.tracking_number
         for early in [e for e in self._early_carrier_events if e.tracking_number == shipment.tracking_number]:
             self._record_shipment_event(shipment, early)
+        # The goods left: a lean run deducts them with the projection below, in one transaction.
+        commit = StockRelease(order_id=self._order.order_id, warehouse_id=shipment.warehouse_id) if self._lean else None
         if first:
-            await self._transition(OrderStatus.SHIPPED)
+            await self._transition(OrderStatus.SHIPPED, commit_stock=commit)
             # Past the point of no return: from now on each part is settled on its own.
             self._compensations.clear()
         else:
-            await self._project()
+            await self._project(commit_stock=commit)
         final = shipment is self._view.shipments[-1]
         self._step(
             f"Shipment {shipment.id} shipped ({shipment.tracking_number}); capturing {self._money(shipment.amount)} "
@@ -489,22 +517,21 @@ class OrderWorkflow:
             **policies.SETTLEMENT.options(),
         )
         self._capture_closed = final
-        await workflow.execute_activity_method(
-            StockActivities.commit_stock,
-            StockRelease(order_id=self._order.order_id, warehouse_id=shipment.warehouse_id),
-            task_queue=self._queue("inventory"),
-            summary=f"deduct stock of {shipment.id} ({shipment.warehouse_id})",
-            **policies.STOCK.options(),
-        )
+        if not self._lean:
+            await workflow.execute_activity_method(
+                StockActivities.commit_stock,
+                StockRelease(order_id=self._order.order_id, warehouse_id=shipment.warehouse_id),
+                task_queue=self._queue("inventory"),
+                summary=f"deduct stock of {shipment.id} ({shipment.warehouse_id})",
+                **policies.STOCK.options(),
+            )
 
     async def _drop_shipment(self, shipment: ShipmentView, note: str) -> None:
         """A shipment that will not leave: its stock goes back, its part is never captured."""
-        await workflow.execute_activity_method(
+        await self._stock(
             StockActivities.release_stock,
             StockRelease(order_id=self._order.order_id, warehouse_id=shipment.warehouse_id),
-            task_queue=self._queue("inventory"),
             summary=f"release stock of {shipment.id} ({shipment.warehouse_id})",
-            **policies.STOCK.options(),
         )
         shipment.status = ShipmentStatus.CANCELLED
         self._step(f"Shipment {shipment.id} is cancelled: {note}")
@@ -533,6 +560,12 @@ class OrderWorkflow:
             f"Waiting for delivery of {parcels}; each refunded if not delivered by {deadline:%Y-%m-%d %H:%M} UTC"
         )
         await self._refund_lost()
+        if self._lean and self._in_transit():
+            await self._await_deliveries_until(
+                asyncio.ensure_future(
+                    workflow.sleep(timedelta(seconds=self._order.delivery_deadline_s), summary="delivery deadline")
+                )
+            )
         while self._in_transit():
             remaining = deadline - workflow.now()
 
@@ -559,6 +592,25 @@ class OrderWorkflow:
             return OrderStatus.COMPLETED, None, (f"lost and refunded: {', '.join(lost)}" if lost else None)
         note = "no delivery by the deadline" if self._deadline_passed else "carrier reported the parcel lost"
         return OrderStatus.FAILED, FailureReason.LOST_IN_TRANSIT, note
+
+    async def _await_deliveries_until(self, deadline: asyncio.Future[None]) -> None:
+        """The lean wait (PATCH_LEAN_HISTORY): one timer for the whole wait, left to lapse when every
+        parcel is settled (the run ends before it fires), instead of a timer per parcel, each
+        cancelled: one action and one history event instead of two of each per parcel."""
+        while self._in_transit():
+            seen = self._shipment_changes
+
+            def settled_one_or_late(seen: int = seen) -> bool:
+                return self._shipment_changes != seen or deadline.done()
+
+            await workflow.wait_condition(settled_one_or_late)
+            if self._shipment_changes == seen:
+                self._deadline_passed = True
+                for shipment in self._in_transit():
+                    shipment.status = ShipmentStatus.LOST
+            await self._refund_lost()
+            if self._in_transit():
+                await self._project()  # one parcel settled, others still travel
 
     def _in_transit(self) -> list[ShipmentView]:
         return [s for s in self._view.shipments if s.status == ShipmentStatus.SHIPPED]
@@ -636,12 +688,8 @@ class OrderWorkflow:
             await compensation()
 
     async def _release_stock(self) -> None:
-        await workflow.execute_activity_method(
-            StockActivities.release_stock,
-            StockRelease(order_id=self._order.order_id),
-            task_queue=self._queue("inventory"),
-            summary="release stock",
-            **policies.STOCK.options(),
+        await self._stock(
+            StockActivities.release_stock, StockRelease(order_id=self._order.order_id), summary="release stock"
         )
 
     async def _void_payment(self) -> None:
@@ -854,21 +902,39 @@ class OrderWorkflow:
             raise OrderEnded(OrderStatus.CANCELLED, FailureReason.CANCELLED_BY_CUSTOMER, self._cancel.reason)
 
     async def _transition(
-        self, status: OrderStatus, *, reason: FailureReason | None = None, note: str | None = None
+        self,
+        status: OrderStatus,
+        *,
+        reason: FailureReason | None = None,
+        note: str | None = None,
+        publish: bool = True,
+        commit_stock: StockRelease | None = None,
     ) -> None:
+        """Move the order to ``status``. ``publish=False`` (lean runs only) is for a transition that
+        another one follows in the same workflow task: its upsert and projection go out with that
+        one (the projected history holds both), as nobody could have seen it in between."""
         now = workflow.now()
         self._view.status = status
         self._view.failure_reason = reason
         self._view.updated_at = now
         self._view.history.append(StatusChange(status=status, at=now, note=note))
         telemetry.status_changed(self._order, status, reason)
+        if not publish:
+            self._step(f"Order is {status.value}" + (f": {note}" if note else ""))
+            return
         self._publish(note)
-        await self._project()
+        await self._project(commit_stock=commit_stock)
 
     def _publish(self, note: str | None = None) -> None:
         """Show the transition in the Temporal UI: search attributes and the current details."""
         view = self._view
-        if self._skip_received:
+        if self._lean:
+            # One upsert per workflow task: what earlier unpublished changes left goes with it.
+            workflow.upsert_search_attributes(
+                [*self._unpublished, *order_status_search_attribute_updates(view.status, view.failure_reason)]
+            )
+            self._unpublished.clear()
+        elif self._skip_received:
             # Customer and total were set when the gateway started the workflow and never change.
             workflow.upsert_search_attributes(order_status_search_attribute_updates(view.status, view.failure_reason))
         elif workflow.patched(PATCH_SEARCH_ATTRIBUTES):
@@ -892,12 +958,15 @@ class OrderWorkflow:
     def _lines_text(self) -> str:
         return ", ".join(f"{line.quantity} x {line.sku}" for line in self._lines)
 
-    async def _project(self) -> None:
+    async def _project(self, commit_stock: StockRelease | None = None) -> None:
         self._seq += 1
+        summary = f"project {self._view.status.value}"
+        if commit_stock is not None:
+            summary += f", deduct stock in {commit_stock.warehouse_id}"
         await workflow.execute_local_activity_method(
             ProjectionActivities.project_order,
-            ProjectOrder(seq=self._seq, view=self._view.model_copy(deep=True)),
-            summary=f"project {self._view.status.value}",
+            ProjectOrder(seq=self._seq, view=self._view.model_copy(deep=True), commit_stock=commit_stock),
+            summary=summary,
             **policies.PROJECTION.options(),
         )
 
@@ -908,6 +977,17 @@ class OrderWorkflow:
             amount=self._total,
             currency=self._order.currency,
             idempotency_key=provider_key(self._order.order_id, action),
+        )
+
+    async def _stock(self, method: Callable[..., Awaitable[Any]], request: Any, *, summary: str) -> Any:
+        """A stock activity: local on the order's worker in lean runs (it shares its workflow task's
+        one action with the projection that follows), else on the inventory queue as before."""
+        if self._lean:
+            return await workflow.execute_local_activity_method(
+                method, request, summary=summary, **policies.LOCAL_STOCK.options()
+            )
+        return await workflow.execute_activity_method(
+            method, request, task_queue=self._queue("inventory"), summary=summary, **policies.STOCK.options()
         )
 
     def _queue(self, concern: str) -> str:

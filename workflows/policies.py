@@ -88,3 +88,14 @@ PROJECTION = CallPolicy(
         maximum_interval=timedelta(seconds=10),
     ),
 )
+
+# Stock work as a local activity on the order's worker (lean runs, PATCH_LEAN_HISTORY): the same
+# limits as STOCK. Its retries stay inside the worker (every backoff is under the SDK's default
+# local_retry_threshold of one minute), so a database outage costs workflow-task heartbeats in the
+# history, as the projection's retries already do, and no timer actions; the projection that follows
+# waits for the same database anyway. Out of stock is an answer, not a fault: never retried.
+LOCAL_STOCK = CallPolicy(
+    start_to_close=STOCK.start_to_close,
+    schedule_to_close=STOCK.schedule_to_close,
+    retry=STOCK.retry,
+)

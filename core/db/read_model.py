@@ -137,21 +137,26 @@ class OrderReadModel:
         """Write transition number ``seq`` of an order. Idempotent and monotonic: the row only moves
         forward to a higher ``seq`` (a retried or late write never rolls it back), and history
         entries already written are kept."""
-        row = order_row(view, seq)
         async with self._engine.begin() as conn:
-            statement = insert(orders).values(**row)
-            await conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[orders.c.id],
-                    set_={k: statement.excluded[k] for k in row if k not in {"id", "created_at"}},
-                    where=orders.c.seq < statement.excluded.seq,
-                )
+            await self.project_in(conn, seq, view)
+
+    @staticmethod
+    async def project_in(conn: AsyncConnection, seq: int, view: OrderView) -> None:
+        """:meth:`project` inside the caller's transaction."""
+        row = order_row(view, seq)
+        statement = insert(orders).values(**row)
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[orders.c.id],
+                set_={k: statement.excluded[k] for k in row if k not in {"id", "created_at"}},
+                where=orders.c.seq < statement.excluded.seq,
             )
-            await conn.execute(insert(order_events).values(_event_rows(view)).on_conflict_do_nothing())
-            shipments = _shipment_rows(view)
-            if shipments:
-                # A tracking number, once given, names its shipment for good: repeats change nothing.
-                await conn.execute(insert(order_shipments).values(shipments).on_conflict_do_nothing())
+        )
+        await conn.execute(insert(order_events).values(_event_rows(view)).on_conflict_do_nothing())
+        shipments = _shipment_rows(view)
+        if shipments:
+            # A tracking number, once given, names its shipment for good: repeats change nothing.
+            await conn.execute(insert(order_shipments).values(shipments).on_conflict_do_nothing())
 
     async def record_tracking(self, tracking_number: str, event: CarrierEvent) -> uuid.UUID | None:
         """Keep a tracking-only carrier event of the order with this tracking number, that of any of

@@ -352,6 +352,9 @@ class ProjectOrder(_Model):
 
     seq: int
     view: OrderView
+    # Stock of a shipment that just left, deducted in the same database transaction as this
+    # transition (PATCH_LEAN_HISTORY): the read model says `shipped` exactly when the goods are gone.
+    commit_stock: StockRelease | None = None
 
 
 # --- stock per warehouse -----------------------------------------------------------------------

@@ -45,8 +45,9 @@ async def test_sigterm_drains_the_in_flight_charge(temporal_client, it_settings,
     history = [event async for event in handle.fetch_history_events()]
     completed = [e for e in history if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED]
     started = [e for e in history if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED]
-    # reserve_stock and authorize_payment both finished on their first attempt, before the exit.
-    assert len(completed) >= 2 and all(e.activity_task_started_event_attributes.attempt == 1 for e in started)
+    # authorize_payment finished on its first attempt, before the exit (reserve_stock is a local
+    # activity since order-lean-history: a marker, not an activity task).
+    assert len(completed) >= 1 and all(e.activity_task_started_event_attributes.attempt == 1 for e in started)
 
     (tmp_path / "second").mkdir()
     replacement = await asyncio.to_thread(start_worker, settings, tmp_path / "second")

@@ -87,6 +87,26 @@ def test_actions_are_counted_as_cloud_bills_them():
     assert (counted["actions"], counted["local_activity_batches"], counted["upserts"]) == (15, 4, 4)
 
 
+def test_the_lean_history_happy_path_costs_its_floor_of_actions():
+    """PATCH_LEAN_HISTORY: the stock work rides in the projections' workflow tasks (docs/notes/lean.md)."""
+    import json
+    from pathlib import Path
+
+    from temporalio.client import WorkflowHistory
+
+    from bench.measure.temporal import count_actions
+
+    golden = Path(__file__).resolve().parents[1] / "golden"
+    history = WorkflowHistory.from_json(
+        "happy", json.loads((golden / "2026-12-04-lean-history" / "happy.json").read_text())
+    )
+    counted = count_actions(history.events)
+    # start + 3 provider activities + 4 workflow tasks with local activities (the reservation shares
+    # the first with the `stock_reserved` projection) + 1 delivery timer + 1 signal + 4 status upserts
+    assert (counted["actions"], counted["activities"], counted["local_activity_batches"]) == (14, 3, 4)
+    assert (counted["local_activities"], counted["timers"], counted["upserts"]) == (5, 1, 4)
+
+
 def test_gateway_answer_times_are_differences_of_two_metric_snapshots():
     from bench.measure.gateway import subtract
 

@@ -86,7 +86,9 @@ from workers.registry import queue_specs
 # locked outside ``result()``) must fail here, not hold the suite for the global timeout.
 pytestmark = pytest.mark.timeout(60)
 
-HAPPY = ["reserve_stock", "authorize_payment", "create_shipment", "capture_payment", "commit_stock"]
+# Stock is committed as the shipment leaves, with the `shipped` projection, then the money captured
+# (PATCH_LEAN_HISTORY: both stock steps are local activities of the order's own worker).
+HAPPY = ["reserve_stock", "authorize_payment", "create_shipment", "commit_stock", "capture_payment"]
 
 
 class FakeOrderActivities:
@@ -198,8 +200,11 @@ class FakeOrderActivities:
 
     @activity.defn(name="project_order")
     async def project_order(self, request: ProjectOrder) -> None:
-        # The local projection activity: recorded apart, the tests look at it on its own.
+        # The local projection activity: recorded apart, the tests look at it on its own; the stock
+        # commit a lean run's `shipped` projection carries is recorded as the commit it is.
         self.projected.append(request)
+        if request.commit_stock is not None:
+            self._record("commit_stock", request.commit_stock)
         if request.view.status == self.hold_projection_of:
             self.projection_held.set()
             await self.projection_gate.wait()
@@ -723,7 +728,7 @@ async def test_an_order_split_over_two_warehouses_ships_captures_and_commits_eac
     assert fakes.calls == [
         "reserve_stock",
         "authorize_payment",
-        *["create_shipment", "capture_payment", "commit_stock"] * 2,
+        *["create_shipment", "commit_stock", "capture_payment"] * 2,
     ]
     assert [(s.id, s.warehouse_id, s.amount, s.status) for s in final.shipments] == [
         ("S1", HOME, 2_500, ShipmentStatus.DELIVERED),
@@ -931,8 +936,8 @@ async def test_a_cancel_racing_the_second_shipment_wins_for_it_and_the_shipped_p
         "reserve_stock",
         "authorize_payment",
         "create_shipment",
-        "capture_payment",
         "commit_stock",
+        "capture_payment",
         "create_shipment",
         "cancel_shipment",
         "release_stock",
@@ -970,8 +975,8 @@ async def test_a_cancel_naming_a_pending_shipment_drops_it_before_it_leaves(star
         "authorize_payment",
         "release_stock",
         "create_shipment",
-        "capture_payment",
         "commit_stock",
+        "capture_payment",
     ]
     assert fakes.requests["release_stock"][0].warehouse_id == HOME
     [capture] = fakes.requests["capture_payment"]
@@ -992,3 +997,106 @@ async def test_an_early_delivery_of_the_second_shipment_is_kept_until_it_is_know
     assert outcome(final) == (OrderStatus.COMPLETED, None)
     assert [s.status for s in final.shipments] == [ShipmentStatus.DELIVERED, ShipmentStatus.DELIVERED]
     assert await events_of(handle, EventType.EVENT_TYPE_TIMER_FIRED) == []
+
+
+# --- the lean history (PATCH_LEAN_HISTORY): what operators see stays, the history shrinks -----------
+
+
+def upserts_per_workflow_task(events: list) -> dict[int, list[set[str]]]:
+    """The search attributes each workflow task upserted (the SDK's TemporalChangeVersion left out)."""
+    per_task: dict[int, list[set[str]]] = defaultdict(list)
+    for event in events:
+        if event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+            attributes = event.upsert_workflow_search_attributes_event_attributes
+            names = set(attributes.search_attributes.indexed_fields) - {"TemporalChangeVersion"}
+            if names:
+                per_task[attributes.workflow_task_completed_event_id].append(names)
+    return per_task
+
+
+async def test_stock_work_runs_locally_and_no_activity_goes_to_the_inventory_queue(start, fake_workers, fakes):
+    async with fake_workers():
+        handle = await start(order_input("SKU-1"))
+        shipped = await reach(handle, OrderStatus.SHIPPED)
+        await carrier_event(handle, shipped.tracking_number, CarrierEventKind.DELIVERED)
+        await handle.result()
+    scheduled = await events_of(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    assert [e.activity_task_scheduled_event_attributes.activity_type.name for e in scheduled] == [
+        "authorize_payment",
+        "create_shipment",
+        "capture_payment",
+    ]
+    patches = [
+        e
+        for e in await events_of(handle, EventType.EVENT_TYPE_MARKER_RECORDED)
+        if e.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
+    assert len(patches) == 1
+    assert await events_of(handle, EventType.EVENT_TYPE_TIMER_CANCELED) == []
+    # The commit went with the `shipped` projection, in one local activity.
+    assert [p.view.status for p in fakes.projected if p.commit_stock is not None] == [OrderStatus.SHIPPED]
+
+
+async def test_a_review_right_after_the_reservation_publishes_once_and_keeps_the_history(start, fake_workers, fakes):
+    async with fake_workers():
+        handle = await start(big_order())
+        await reach(handle, OrderStatus.AWAITING_REVIEW)
+        await handle.execute_update(UPDATE_REVIEW, ReviewRequest(decision=ReviewDecision.APPROVE, reviewer="op"))
+        shipped = await reach(handle, OrderStatus.SHIPPED)
+        await carrier_event(handle, shipped.tracking_number, CarrierEventKind.DELIVERED)
+        final = await handle.result()
+    assert statuses(final) == [
+        "received",
+        "stock_reserved",
+        "awaiting_review",
+        "payment_authorized",
+        "shipped",
+        "completed",
+    ]
+    # `stock_reserved` and `awaiting_review` happened in one workflow task: one projection (its
+    # history holds both) and one upsert; every status an operator can see is still upserted.
+    first = next(p for p in fakes.projected if p.view.status == OrderStatus.AWAITING_REVIEW)
+    assert [change.status for change in first.view.history][:3] == [
+        OrderStatus.RECEIVED,
+        OrderStatus.STOCK_RESERVED,
+        OrderStatus.AWAITING_REVIEW,
+    ]
+    assert OrderStatus.STOCK_RESERVED not in {p.view.status for p in fakes.projected}
+    upserts = upserts_per_workflow_task([event async for event in handle.fetch_history_events()])
+    assert all(len(names) == 1 for names in upserts.values()), upserts
+    assert sum(len(names) for names in upserts.values()) == 4  # awaiting_review, payment_authorized, shipped, completed
+
+
+async def test_an_amend_upserts_the_new_total_with_the_status_it_leads_to(start, fake_workers, fakes):
+    fakes.stock = {"MUG": [(HOME, 1)], "LAMP": [(OTHER, 3)]}
+    order = two_line_order()
+    async with fake_workers():
+        handle = await start(order)
+        await reach(handle, OrderStatus.AWAITING_CUSTOMER)
+        await handle.execute_update(
+            UPDATE_AMEND, AmendRequest(lines=[AmendLine(sku="MUG", quantity=1), AmendLine(sku="LAMP", quantity=1)])
+        )
+        await reach(handle, OrderStatus.SHIPPED)
+        events = [event async for event in handle.fetch_history_events()]
+    upserts = upserts_per_workflow_task(events)
+    assert all(len(names) == 1 for names in upserts.values()), upserts
+    assert {"OrderStatus", "OrderTotal"} in [names for per_task in upserts.values() for names in per_task]
+
+
+async def test_one_delivery_timer_for_every_parcel_never_cancelled(start, fake_workers, fakes):
+    split_stock(fakes)
+    order = two_line_order()
+    async with fake_workers():
+        handle = await start(order)
+        await reach(handle, OrderStatus.SHIPPED)
+
+        async def all_left() -> bool:
+            return all(s.status == ShipmentStatus.SHIPPED for s in (await view_of(handle)).shipments)
+
+        await wait_for(all_left, timeout=15, interval=0.05, what="both shipments shipped")
+        await carrier_event(handle, tracking_number(order.order_id), CarrierEventKind.DELIVERED)
+        await carrier_event(handle, tracking_number(order.order_id, OTHER), CarrierEventKind.DELIVERED)
+        final = await handle.result()
+    assert outcome(final) == (OrderStatus.COMPLETED, None)
+    assert len(await events_of(handle, EventType.EVENT_TYPE_TIMER_STARTED)) == 1
+    assert await events_of(handle, EventType.EVENT_TYPE_TIMER_CANCELED) == []
