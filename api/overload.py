@@ -15,6 +15,14 @@ Three limits per gateway process, all plain ASGI:
   the same Idempotency-Key gets the order. Its in-flight slot is freed only when it really ends,
   so detached handlers still count against the limit.
 
+A request that waits on purpose (a long-poll, ``GET /v1/orders/{id}?wait=``) is *parked* while it
+waits: it holds no database connection and costs nothing but a timer, so it is not counted in
+flight then (a few hundred clients waiting on their orders must not shed everyone else), and its
+timeout is extended by the wait it was granted. The route parks with
+``async with scope["state"]["parked"](wait_s):``; the number of waiters is bounded where they wait
+(``ORDERS_API_MAX_WAITERS``). The time spent parked is added up in ``scope["state"]["parked_s"]``
+so the request metrics can leave it out of the gateway's latency.
+
 Health, readiness and metrics endpoints are exempt: an orchestrator must see an overloaded gateway
 as alive (and a load balancer reads ``/readyz``).
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from contextlib import asynccontextmanager
 
 import structlog
 
@@ -59,6 +68,7 @@ class LoadShedding:
         self._on_lag = on_lag  # callback(seconds), e.g. a metrics gauge
         self._ticker: asyncio.Task | None = None
         self.in_flight = 0
+        self.parked = 0  # requests waiting on purpose, not counted in flight
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
@@ -99,12 +109,34 @@ class LoadShedding:
             if detached and not task.cancelled() and task.exception() is not None:
                 log.error("detached request failed after its 503", path=scope["path"], exc_info=task.exception())
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout_s
+
+        @asynccontextmanager
+        async def parked(wait_s: float):
+            nonlocal deadline
+            deadline += wait_s  # the caller asked to wait: its answer is due that much later
+            self.in_flight -= 1
+            self.parked += 1
+            since = loop.time()
+            try:
+                yield
+            finally:
+                self.in_flight += 1
+                self.parked -= 1
+                state["parked_s"] = state.get("parked_s", 0.0) + loop.time() - since
+
+        state = scope.setdefault("state", {})
+        state["parked"] = parked
         self.in_flight += 1
         handler = asyncio.ensure_future(self.app(scope, receive, guarded_send))
         handler.add_done_callback(release)
-        done, _ = await asyncio.wait({handler}, timeout=self.request_timeout_s)
-        if handler in done:
-            return handler.result()  # re-raises the handler's error for the outer middleware
+        while True:
+            done, _ = await asyncio.wait({handler}, timeout=max(0.0, deadline - loop.time()))
+            if handler in done:
+                return handler.result()  # re-raises the handler's error for the outer middleware
+            if loop.time() >= deadline:
+                break  # else the handler parked meanwhile and its deadline moved
         if started:
             # The answer is already streaming; it is not ours to replace. Wait for it.
             return await handler

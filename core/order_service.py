@@ -12,7 +12,8 @@ import asyncio
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -33,7 +34,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.config import Settings
 from core.db.catalog import Catalog
 from core.db.idempotency import IdempotencyStore
-from core.db.read_model import OrderPage, OrderReadModel
+from core.db.order_changes import OrderChanges
+from core.db.read_model import OrderPage, OrderReadModel, VersionedView
 from core.domain import (
     ERR_INVALID_AMEND,
     ERR_INVALID_CANCEL,
@@ -140,9 +142,21 @@ class Submission:
     replayed: bool
 
 
+@asynccontextmanager
+async def _not_parked(_wait_s: float):
+    yield
+
+
 class OrderService:
-    def __init__(self, settings: Settings, engine: AsyncEngine, temporal: TemporalConnection) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        temporal: TemporalConnection,
+        changes: OrderChanges | None = None,
+    ) -> None:
         self._settings = settings
+        self._changes = changes
         self._engine = engine
         self._temporal_connection = temporal
         self._catalog = Catalog(engine)
@@ -275,13 +289,58 @@ class OrderService:
 
     async def get(self, caller: Caller, order_id: uuid.UUID) -> OrderView:
         """The order from the read model; another customer's order is reported as not found."""
+        return (await self.get_versioned(caller, order_id)).view
+
+    async def get_versioned(self, caller: Caller, order_id: uuid.UUID) -> VersionedView:
+        """:meth:`get`, with the version of the read (the gateway's ETag)."""
         try:
-            view = await self._read_model.get(order_id)
+            versioned = await self._read_model.get_versioned(order_id)
         except DB_ERRORS as error:
             raise database_error(error) from error
-        if view is None or (not caller.is_operator and view.customer_id != caller.subject):
+        if versioned is None or (not caller.is_operator and versioned.view.customer_id != caller.subject):
             raise OrderNotFound(f"order {order_id} not found")
-        return view
+        return versioned
+
+    async def watch(
+        self,
+        caller: Caller,
+        order_id: uuid.UUID,
+        *,
+        wait_s: float,
+        seen: Collection[str] = (),
+        until: Collection[OrderStatus] = (),
+        parked: Callable[[float], AbstractAsyncContextManager[None]] | None = None,
+    ) -> VersionedView:
+        """The order as :meth:`get_versioned` reads it, once it is ready or ``wait_s`` has passed.
+
+        Ready: its status is one of ``until`` when that is given, otherwise its version is none of
+        ``seen`` (what the caller already has). Without either there is nothing to wait for and the
+        order is read at once. The wait is capped by ``api_max_wait_s`` and ends early when the
+        gateway shuts down; either way the answer is the order as it is then. Waiting holds no
+        database connection: changes come from :class:`OrderChanges`. ``parked`` wraps the wait
+        (the gateway's load shedding does not count a parked request as work in flight).
+        Raises TooManyWaiters when this process already holds its maximum of waiters."""
+        wait_s = min(wait_s, self._settings.api_max_wait_s)
+        if wait_s <= 0 or not (seen or until) or self._changes is None:
+            return await self.get_versioned(caller, order_id)
+
+        def ready(version: str, status: str) -> bool:
+            return status in until if until else version not in seen
+
+        loop = asyncio.get_running_loop()
+        # Registered before the read, so a change committed in between is not missed.
+        async with self._changes.watching(order_id) as watch:
+            current = await self.get_versioned(caller, order_id)
+            if ready(current.version, current.view.status):
+                return current
+            known = current.version
+            deadline = loop.time() + wait_s
+            async with (parked or _not_parked)(wait_s):
+                while (change := await watch.next_change(known, deadline - loop.time())) is not None:
+                    known = change.version
+                    if ready(change.version, change.status):
+                        break
+        return current if known == current.version else await self.get_versioned(caller, order_id)
 
     async def list(
         self, caller: Caller, *, limit: int, cursor: str | None, status: OrderStatus | None, customer_id: str | None

@@ -6,7 +6,7 @@ import re
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from api.deps import Customer, CustomerOrOperator, Operator, Service
 from api.errors import ApiProblem
@@ -154,14 +154,95 @@ async def list_orders(
     return OrderList(items=[OrderView.of(view) for view in page.items], next_cursor=page.next_cursor)
 
 
+_ETAG_HEADER = {
+    "ETag": {
+        "description": "the order's version: send it back as `If-None-Match` to wait for the next change",
+        "schema": {"type": "string", "example": '"4.0"'},
+    }
+}
+_ETAGS = re.compile(r'(?:W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
+
+
+def parse_if_none_match(raw: str | None) -> set[str]:
+    """The entity tags of an If-None-Match header (RFC 9110, weak comparison: ``W/`` ignored);
+    ``{"*"}`` for the wildcard, empty for none or nothing readable."""
+    if raw is None:
+        return set()
+    if raw.strip() == "*":
+        return {"*"}
+    return set(_ETAGS.findall(raw))
+
+
 @router.get(
     "/{order_id}",
     response_model=OrderView,
-    summary="Read an order",
-    responses={200: _example("An order split over two warehouses", SPLIT_ORDER_EXAMPLE), **_ONE},
+    summary="Read an order, or wait for it to change",
+    description="""Without `wait`, the order as it is now. Every answer carries an `ETag`; a request whose
+`If-None-Match` names the current one gets `304 Not Modified` (no body).
+
+**Long-poll, instead of polling every second.** With `wait` (seconds, at most 30) the request is held
+until the order is *ready*, then answered at once:
+
+* with `until` (one or more statuses, e.g. `until=completed&until=cancelled&until=rejected&until=failed`):
+  when the order's status is one of them;
+* otherwise with `If-None-Match`: when the order no longer matches that ETag (any change: a status,
+  a shipment, a carrier event).
+
+If it is not ready within `wait`, the answer is the order as it is then: `304` when it still
+matches `If-None-Match`, else `200`. With neither `until` nor `If-None-Match` there is nothing to
+wait for and the answer is immediate. The gateway may answer sooner than `wait` (its own cap, or
+when it shuts down): always read the status of the answer, then ask again. A wait counts as one
+read against the rate limit. Each gateway process holds a bounded number of waiting requests;
+beyond it the answer is 503 with `Retry-After`.""",
+    responses={
+        200: {
+            **_example("An order split over two warehouses", SPLIT_ORDER_EXAMPLE),
+            "headers": _ETAG_HEADER,
+        },
+        304: {
+            "description": "The order still matches `If-None-Match` (after the wait, if one was asked for)",
+            "headers": _ETAG_HEADER,
+        },
+        **_ONE,
+        **problems(
+            422,
+            _422="`wait` not a whole number of seconds from 0 to 30, an unknown status in `until`, or an invalid id",
+        ),
+        **problems(
+            503,
+            _503="This gateway holds its maximum of waiting requests, or the database is unavailable; retry after Retry-After",
+        ),
+    },
 )
-async def get_order(order_id: uuid.UUID, caller: CustomerOrOperator, service: Service) -> OrderView:
-    return OrderView.of(await service.get(caller, order_id))
+async def get_order(
+    order_id: uuid.UUID,
+    caller: CustomerOrOperator,
+    service: Service,
+    request: Request,
+    response: Response,
+    wait: Annotated[
+        int, Query(ge=0, le=30, description="seconds to wait for the order to be ready (see above); 0: answer now")
+    ] = 0,
+    until: Annotated[
+        list[OrderStatus] | None, Query(description="with `wait`: answer once the order has one of these statuses")
+    ] = None,
+    if_none_match: Annotated[
+        str | None, Header(alias="If-None-Match", description="the ETag of the order as you last read it")
+    ] = None,
+):
+    seen = parse_if_none_match(if_none_match)
+    current = await service.watch(
+        caller,
+        order_id,
+        wait_s=wait,
+        seen=seen,
+        until=frozenset(until or ()),
+        parked=getattr(request.state, "parked", None),
+    )
+    if current.version in seen or "*" in seen:
+        return Response(status_code=304, headers={"ETag": current.etag})
+    response.headers["ETag"] = current.etag
+    return OrderView.of(current.view)
 
 
 @router.post(
