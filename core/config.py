@@ -90,9 +90,9 @@ class Settings(BaseSettings):
     carrier_webhook_secret: str = DEV_WEBHOOK_SECRET
     carrier_webhook_tolerance_s: int = 300
     idempotency_retention_s: int = 24 * 3600
-    # How long cancel/review/address changes wait for the workflow to finish the change before
-    # answering with the order as it is (the change was accepted and will finish). Keep it below
-    # api_request_timeout_s.
+    # How long cancel/amend/review/address changes wait in all for the workflow to accept and finish
+    # the change: accepted but not finished by then -> 202 with the order as it is (the change will
+    # finish); not even accepted -> 503 + Retry-After. Keep it below api_request_timeout_s.
     update_wait_s: float = 4.0
     max_body_bytes: int = 64 * 1024
     rate_limit_storage: str = "memory://"

@@ -23,7 +23,7 @@ from api.schemas import (
     ShippingAddress,
 )
 from core.domain import OrderStatus
-from core.order_service import NewOrder
+from core.order_service import ActionOutcome, NewOrder
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
 
@@ -68,6 +68,23 @@ _SUBMIT = problems(
 
 def _example(description: str, example: dict) -> dict:
     return {"description": description, "content": {"application/json": {"example": example}}}
+
+
+# Cancel, amend, review and address changes: 200 once the workflow has done it; 202 when it accepted
+# the change but had not finished it within ORDERS_UPDATE_WAIT_S.
+_PENDING: dict[int | str, dict] = {
+    202: {
+        "description": "Accepted by the order but not finished yet (e.g. compensations still running): the "
+        "order as it is now; the change will happen. Follow it with `GET /v1/orders/{id}?wait=...`",
+        "model": OrderView,
+    }
+}
+
+
+def _answer(outcome: ActionOutcome, response: Response) -> OrderView:
+    if not outcome.finished:
+        response.status_code = 202
+    return OrderView.of(outcome.view)
 
 
 def parse_idempotency_key(raw: str | None) -> str:
@@ -252,6 +269,7 @@ async def get_order(
     "`shipments`, only those (ids from the order's `shipments`), which must not have left yet.",
     summary="Cancel an order, or some of its shipments, before they ship",
     responses={
+        **_PENDING,
         **_ACTION,
         **problems(422, _422="Invalid body (see errors), or a shipment id the order does not have"),
         **problems(
@@ -268,10 +286,10 @@ async def get_order(
     },
 )
 async def cancel_order(
-    order_id: uuid.UUID, body: CancelBody, caller: CustomerOrOperator, service: Service
+    order_id: uuid.UUID, body: CancelBody, caller: CustomerOrOperator, service: Service, response: Response
 ) -> OrderView:
     shipments = list(dict.fromkeys(body.shipments)) if body.shipments is not None else None
-    return OrderView.of(await service.cancel(caller, order_id, body.reason, shipments))
+    return _answer(await service.cancel(caller, order_id, body.reason, shipments), response)
 
 
 @router.post(
@@ -282,6 +300,7 @@ async def cancel_order(
     "recomputed from the prices at order time. Retrying the same amend is safe.",
     responses={
         200: _example("The order with the lines kept, its total recomputed", AMENDED_ORDER_EXAMPLE),
+        **_PENDING,
         **_ACTION,
         **problems(
             409,
@@ -309,28 +328,33 @@ async def cancel_order(
         ),
     },
 )
-async def amend_order(order_id: uuid.UUID, body: AmendBody, caller: CustomerOrOperator, service: Service) -> OrderView:
+async def amend_order(
+    order_id: uuid.UUID, body: AmendBody, caller: CustomerOrOperator, service: Service, response: Response
+) -> OrderView:
     refuse_repeated_skus([item.sku for item in body.items])
-    return OrderView.of(await service.amend(caller, order_id, [(item.sku, item.quantity) for item in body.items]))
+    lines = [(item.sku, item.quantity) for item in body.items]
+    return _answer(await service.amend(caller, order_id, lines), response)
 
 
 @router.put(
     "/{order_id}/shipping-address",
     response_model=OrderView,
     summary="Change the shipping address before shipping",
-    responses={**_ACTION, **problems(409, _409="Already shipping or ended")},
+    responses={**_PENDING, **_ACTION, **problems(409, _409="Already shipping or ended")},
 )
 async def change_shipping_address(
-    order_id: uuid.UUID, body: ShippingAddress, caller: CustomerOrOperator, service: Service
+    order_id: uuid.UUID, body: ShippingAddress, caller: CustomerOrOperator, service: Service, response: Response
 ) -> OrderView:
-    return OrderView.of(await service.change_shipping_address(caller, order_id, body.to_domain()))
+    return _answer(await service.change_shipping_address(caller, order_id, body.to_domain()), response)
 
 
 @router.post(
     "/{order_id}/review",
     response_model=OrderView,
     summary="Approve or reject an order awaiting review (operators)",
-    responses={**_ACTION, **problems(409, _409="Not awaiting review (or decided otherwise)")},
+    responses={**_PENDING, **_ACTION, **problems(409, _409="Not awaiting review (or decided otherwise)")},
 )
-async def review_order(order_id: uuid.UUID, body: ReviewBody, caller: Operator, service: Service) -> OrderView:
-    return OrderView.of(await service.review(caller, order_id, body.decision, body.note))
+async def review_order(
+    order_id: uuid.UUID, body: ReviewBody, caller: Operator, service: Service, response: Response
+) -> OrderView:
+    return _answer(await service.review(caller, order_id, body.decision, body.note), response)
