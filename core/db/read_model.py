@@ -5,6 +5,8 @@ Three writers feed it: the gateway's ``received`` row, written in the same trans
 Idempotency-Key claim (:meth:`OrderReadModel.insert_received`); the workflow's projection at every
 transition (:meth:`OrderReadModel.project`); and the tracking-only carrier events the gateway
 records without a workflow (:meth:`OrderReadModel.record_tracking`). Reads are keyset-paginated.
+The projection and the tracking writes NOTIFY waiting readers in their own transaction
+(:mod:`core.db.order_changes`); a just-received order has no waiters yet.
 
 An order with several shipments has a tracking number per shipment: the projection files each one
 in ``order_shipments``, so a carrier event for any of them finds its order (orders from before split
