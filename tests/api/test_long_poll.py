@@ -103,6 +103,16 @@ async def test_the_wait_ends_at_the_timeout_with_304_and_the_same_etag(gateway_c
         answer = await http.get(f"/v1/orders/{view.id}?wait=1", headers={**bearer(customer), "If-None-Match": etag})
         assert time.monotonic() - started >= 1.0  # it did wait
         assert (answer.status_code, answer.content, answer.headers["ETag"]) == (304, b"", etag)
+        # The wait was the caller's choice: the gateway's latency histogram leaves it out.
+        exposition = (await http.get("/metrics")).text
+        total = next(
+            float(line.rsplit(" ", 1)[1])
+            for line in exposition.splitlines()
+            if line.startswith("orders_http_request_duration_seconds_sum")
+            and 'method="GET"' in line
+            and 'route="/v1/orders/{order_id}"' in line
+        )
+        assert total < 1.0, total
 
 
 async def test_until_waits_through_other_changes_for_the_named_status(gateway_client, engine, bearer):
