@@ -123,6 +123,7 @@ class OrderChanges:
         self.waiting = 0  # of them, waiting for a change right now
         self.released = False
         self._listener: asyncpg.Connection | None = None
+        self._listen_failed = False
         self._task: asyncio.Task | None = None
         self._wakeup = asyncio.Event()
 
@@ -210,8 +211,14 @@ class OrderChanges:
             )
             await connection.add_listener(CHANNEL, self._on_notification)
         except (*_DB_ERRORS, asyncpg.InterfaceError) as error:
-            log.warning("cannot listen for order changes; re-checking only", error=repr(error))
+            # Once per outage, not every re-check: the database's own outage is logged elsewhere.
+            if not self._listen_failed:
+                log.warning("cannot listen for order changes; re-checking only", error=repr(error))
+            self._listen_failed = True
             return
+        if self._listen_failed:
+            log.info("listening for order changes again")
+        self._listen_failed = False
         self._listener = connection
 
     async def _drop_listener(self) -> None:

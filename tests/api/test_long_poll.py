@@ -254,3 +254,41 @@ async def test_server_shutdown_releases_waiters_before_draining(settings, engine
         answer = await asyncio.wait_for(waiting, 10)
         assert answer.status_code == 304
     await asyncio.wait_for(serving, 10)
+
+
+async def test_a_lost_listening_connection_is_replaced(gateway_client, engine, bearer):
+    """PostgreSQL drops the LISTEN connection (a restart, an admin's pg_terminate_backend): the
+    gateway connects again and notifications wake waiters as before."""
+    from sqlalchemy import text
+
+    customer = f"lp-{uuid.uuid4().hex[:8]}"
+    view = await _stored(engine, _received(customer))
+    async with gateway_client(api_wait_recheck_s=0.2) as http:
+        changes = http.app.state.order_changes
+
+        async def listener_pid() -> int | None:
+            for _ in range(200):
+                if changes.listening:
+                    return changes._listener.get_server_pid()
+                await asyncio.sleep(0.05)
+            return None
+
+        first = await listener_pid()
+        assert first is not None
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        for _ in range(200):
+            second = await listener_pid()
+            if second not in (None, first):
+                break
+            await asyncio.sleep(0.05)
+        assert second not in (None, first)
+
+        etag = (await http.get(f"/v1/orders/{view.id}", headers=bearer(customer))).headers["ETag"]
+        waiting = asyncio.create_task(
+            http.get(f"/v1/orders/{view.id}?wait=25", headers={**bearer(customer), "If-None-Match": etag})
+        )
+        await _parked(http)
+        await _stored(engine, _moved(view, OrderStatus.STOCK_RESERVED))
+        answer = await asyncio.wait_for(waiting, 20)
+        assert answer.status_code == 200 and answer.json()["status"] == "stock_reserved"
