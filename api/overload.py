@@ -18,7 +18,7 @@ Three limits per gateway process, all plain ASGI:
 A request that waits on purpose (a long-poll, ``GET /v1/orders/{id}?wait=``) is *parked* while it
 waits: it holds no database connection and costs nothing but a timer, so it is not counted in
 flight then (a few hundred clients waiting on their orders must not shed everyone else), and its
-timeout is extended by the wait it was granted. The route parks with
+request timeout counts only the time it is not parked (the route bounds the wait itself). The route parks with
 ``async with scope["state"]["parked"](wait_s):``; the number of waiters is bounded where they wait
 (``ORDERS_API_MAX_WAITERS``). The time spent parked is added up in ``scope["state"]["parked_s"]``
 so the request metrics can leave it out of the gateway's latency.
@@ -110,33 +110,45 @@ class LoadShedding:
                 log.error("detached request failed after its 503", path=scope["path"], exc_info=task.exception())
 
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout_s
+        began = loop.time()
+        parked_since: float | None = None
+        unparked = asyncio.Event()
+        state = scope.setdefault("state", {})
 
         @asynccontextmanager
-        async def parked(wait_s: float):
-            nonlocal deadline
-            deadline += wait_s  # the caller asked to wait: its answer is due that much later
+        async def parked(_wait_s: float):
+            # The route bounds its own wait; while parked the request timeout's clock stops.
+            nonlocal parked_since
             self.in_flight -= 1
             self.parked += 1
-            since = loop.time()
+            parked_since = since = loop.time()
+            unparked.clear()
             try:
                 yield
             finally:
                 self.in_flight += 1
                 self.parked -= 1
                 state["parked_s"] = state.get("parked_s", 0.0) + loop.time() - since
+                parked_since = None
+                unparked.set()
 
-        state = scope.setdefault("state", {})
         state["parked"] = parked
         self.in_flight += 1
         handler = asyncio.ensure_future(self.app(scope, receive, guarded_send))
         handler.add_done_callback(release)
         while True:
-            done, _ = await asyncio.wait({handler}, timeout=max(0.0, deadline - loop.time()))
+            if parked_since is not None:
+                resumed = asyncio.ensure_future(unparked.wait())
+                done, _ = await asyncio.wait({handler, resumed}, return_when=asyncio.FIRST_COMPLETED)
+                resumed.cancel()
+            else:
+                # The request's own time: everything but its parked time.
+                active_deadline = began + self.request_timeout_s + state.get("parked_s", 0.0)
+                if loop.time() >= active_deadline:
+                    break
+                done, _ = await asyncio.wait({handler}, timeout=active_deadline - loop.time())
             if handler in done:
                 return handler.result()  # re-raises the handler's error for the outer middleware
-            if loop.time() >= deadline:
-                break  # else the handler parked meanwhile and its deadline moved
         if started:
             # The answer is already streaming; it is not ours to replace. Wait for it.
             return await handler
