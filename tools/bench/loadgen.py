@@ -201,8 +201,8 @@ class LoadGenerator:
         self._operator = mint_token(settings, f"bench-operator-{self.run_id}", "operator", ttl_s=24 * 3600)
         self.request_timeout_s = request_timeout_s
         # Long-poll for up to wait_s per read, unless a poll interval asks for the old polling.
-        self.poll_interval_s = poll_interval_s
-        self.wait_s = wait_s if poll_interval_s is None else 0
+        self.poll_interval_s = 1.0 if poll_interval_s is None and not wait_s else poll_interval_s
+        self.wait_s = wait_s if self.poll_interval_s is None else 0
         self._status_line = status_line
         self._t0 = time.monotonic()
         self.result = LoadResult(started=time.time(), duration_s=0.0, drain_s=None)
