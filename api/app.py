@@ -18,6 +18,7 @@ from api.ratelimit import RateLimits
 from api.routes import carrier, catalog, codec, health, orders, warehouses
 from core.config import Settings
 from core.db.engine import create_engine
+from core.db.order_changes import OrderChanges
 from core.order_service import OrderService
 from core.temporal import TemporalConnection
 from core.tokens import TokenVerifier
@@ -31,7 +32,17 @@ Submit orders and follow them through stock, payment and shipping.
   Keys are kept for 24 hours.
 * Money is in integer minor units of the currency (`1999` EUR = 19.99 EUR).
 * Errors are `application/problem+json` (RFC 9457) and carry the request id (`X-Request-ID`).
+* Follow an order without polling: `GET /v1/orders/{id}?wait=25` with `If-None-Match: <its ETag>`
+  answers as soon as the order changes (or `&until=completed&until=failed...`: once it reaches one
+  of those statuses), else after the wait with 304 Not Modified.
 """
+
+
+def release_waiters(app: FastAPI) -> None:
+    """Answer every long-poll of this app now (its server is shutting down)."""
+    changes = getattr(app.state, "order_changes", None)
+    if changes is not None:
+        changes.release()
 
 
 def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client: Client | None = None) -> FastAPI:
@@ -43,10 +54,18 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
         app.state.engine = engine or create_engine(settings)
         # Connected on first use: the gateway starts (and /readyz says 503) while Temporal is down.
         app.state.temporal = TemporalConnection(settings, client)
-        app.state.service = OrderService(settings, app.state.engine, app.state.temporal)
+        app.state.order_changes = OrderChanges(
+            app.state.engine,
+            max_waiters=settings.api_max_waiters,
+            recheck_s=settings.api_wait_recheck_s,
+            connect_timeout_s=settings.database_timeout_s,
+        )
+        app.state.order_changes.start()
+        app.state.service = OrderService(settings, app.state.engine, app.state.temporal, app.state.order_changes)
         try:
             yield
         finally:
+            await app.state.order_changes.close()
             if own_engine:
                 await app.state.engine.dispose()
 

@@ -20,6 +20,7 @@ from core.domain import (
     InvalidOrderState,
     MixedCurrencies,
     OrderNotFound,
+    TooManyWaiters,
     UnknownSkus,
     UnstorableValue,
 )
@@ -201,6 +202,17 @@ def install_error_handlers(app: FastAPI) -> None:
             "Service unavailable",
             str(error),
             slug="unavailable",
+            headers={"Retry-After": str(error.retry_after_s)},
+        )
+
+    @app.exception_handler(TooManyWaiters)
+    async def _too_many_waiters(request: Request, error: TooManyWaiters):
+        return problem_response(
+            request,
+            503,
+            "Too many waiting requests",
+            str(error),
+            slug="too-many-waiters",
             headers={"Retry-After": str(error.retry_after_s)},
         )
 

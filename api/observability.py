@@ -69,7 +69,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, observe)
         finally:
-            elapsed = time.perf_counter() - started
+            # A long-poll's wait is the caller's choice, not the gateway's latency (api/overload.py).
+            elapsed = time.perf_counter() - started - scope.get("state", {}).get("parked_s", 0.0)
             route = _route_template(scope, self.routes)
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.duration.labels(scope["method"], route).observe(elapsed)

@@ -15,6 +15,14 @@ Three limits per gateway process, all plain ASGI:
   the same Idempotency-Key gets the order. Its in-flight slot is freed only when it really ends,
   so detached handlers still count against the limit.
 
+A request that waits on purpose (a long-poll, ``GET /v1/orders/{id}?wait=``) is *parked* while it
+waits: it holds no database connection and costs nothing but a timer, so it is not counted in
+flight then (a few hundred clients waiting on their orders must not shed everyone else), and its
+request timeout counts only the time it is not parked (the route bounds the wait itself). The route parks with
+``async with scope["state"]["parked"](wait_s):``; the number of waiters is bounded where they wait
+(``ORDERS_API_MAX_WAITERS``). The time spent parked is added up in ``scope["state"]["parked_s"]``
+so the request metrics can leave it out of the gateway's latency.
+
 Health, readiness and metrics endpoints are exempt: an orchestrator must see an overloaded gateway
 as alive (and a load balancer reads ``/readyz``).
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from contextlib import asynccontextmanager
 
 import structlog
 
@@ -59,6 +68,7 @@ class LoadShedding:
         self._on_lag = on_lag  # callback(seconds), e.g. a metrics gauge
         self._ticker: asyncio.Task | None = None
         self.in_flight = 0
+        self.parked = 0  # requests waiting on purpose, not counted in flight
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
@@ -99,12 +109,46 @@ class LoadShedding:
             if detached and not task.cancelled() and task.exception() is not None:
                 log.error("detached request failed after its 503", path=scope["path"], exc_info=task.exception())
 
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        parked_since: float | None = None
+        unparked = asyncio.Event()
+        state = scope.setdefault("state", {})
+
+        @asynccontextmanager
+        async def parked(_wait_s: float):
+            # The route bounds its own wait; while parked the request timeout's clock stops.
+            nonlocal parked_since
+            self.in_flight -= 1
+            self.parked += 1
+            parked_since = since = loop.time()
+            unparked.clear()
+            try:
+                yield
+            finally:
+                self.in_flight += 1
+                self.parked -= 1
+                state["parked_s"] = state.get("parked_s", 0.0) + loop.time() - since
+                parked_since = None
+                unparked.set()
+
+        state["parked"] = parked
         self.in_flight += 1
         handler = asyncio.ensure_future(self.app(scope, receive, guarded_send))
         handler.add_done_callback(release)
-        done, _ = await asyncio.wait({handler}, timeout=self.request_timeout_s)
-        if handler in done:
-            return handler.result()  # re-raises the handler's error for the outer middleware
+        while True:
+            if parked_since is not None:
+                resumed = asyncio.ensure_future(unparked.wait())
+                done, _ = await asyncio.wait({handler, resumed}, return_when=asyncio.FIRST_COMPLETED)
+                resumed.cancel()
+            else:
+                # The request's own time: everything but its parked time.
+                active_deadline = began + self.request_timeout_s + state.get("parked_s", 0.0)
+                if loop.time() >= active_deadline:
+                    break
+                done, _ = await asyncio.wait({handler}, timeout=active_deadline - loop.time())
+            if handler in done:
+                return handler.result()  # re-raises the handler's error for the outer middleware
         if started:
             # The answer is already streaming; it is not ours to replace. Wait for it.
             return await handler

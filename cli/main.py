@@ -108,20 +108,23 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.server import GatewayServer
     from core.logging import configure_logging
 
     settings = _settings()
     _require_database(settings)
     configure_logging(settings, process="api")
     port = args.port or settings.api_port
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=args.host or settings.api_host,
         port=port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=settings.api_shutdown_grace_s,
     )
+    GatewayServer(config, app).run()
     return 0
 
 

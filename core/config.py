@@ -90,9 +90,9 @@ class Settings(BaseSettings):
     carrier_webhook_secret: str = DEV_WEBHOOK_SECRET
     carrier_webhook_tolerance_s: int = 300
     idempotency_retention_s: int = 24 * 3600
-    # How long cancel/review/address changes wait for the workflow to finish the change before
-    # answering with the order as it is (the change was accepted and will finish). Keep it below
-    # api_request_timeout_s.
+    # How long cancel/amend/review/address changes wait in all for the workflow to accept and finish
+    # the change: accepted but not finished by then -> 202 with the order as it is (the change will
+    # finish); not even accepted -> 503 + Retry-After. Keep it below api_request_timeout_s.
     update_wait_s: float = 4.0
     max_body_bytes: int = 64 * 1024
     rate_limit_storage: str = "memory://"
@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     api_request_timeout_s: float = Field(5.0, gt=0)
     api_max_event_loop_lag_s: float = Field(1.0, gt=0)  # shed new requests while the loop is this late
     rate_limit_timeout_s: float = 0.5  # a slower or unreachable storage lets the request through
+    # Long-polls (GET /v1/orders/{id}?wait=...): the longest wait this process grants (callers may
+    # ask for up to 30 s), how many it holds at once (503 + Retry-After beyond), and how often it
+    # re-checks the orders they wait on in case a change notification was lost.
+    api_max_wait_s: int = Field(30, ge=0, le=30)
+    api_max_waiters: int = Field(1000, ge=0)
+    api_wait_recheck_s: float = Field(2.0, gt=0)
     # Peers whose X-Forwarded-For is believed (IP addresses or CIDR ranges); others count by peer IP.
     trusted_proxies: list[str] = []
 

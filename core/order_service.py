@@ -12,7 +12,8 @@ import asyncio
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -33,7 +34,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.config import Settings
 from core.db.catalog import Catalog
 from core.db.idempotency import IdempotencyStore
-from core.db.read_model import OrderPage, OrderReadModel
+from core.db.order_changes import OrderChanges
+from core.db.read_model import OrderPage, OrderReadModel, VersionedView
 from core.domain import (
     ERR_INVALID_AMEND,
     ERR_INVALID_CANCEL,
@@ -140,9 +142,31 @@ class Submission:
     replayed: bool
 
 
+@dataclass(frozen=True)
+class ActionOutcome:
+    """What a cancel, amend, review or address change did: the order after it (``finished``), or,
+    when the order accepted the change but has not finished it within ``update_wait_s``, the order
+    as it is now (the change will happen; the gateway answers 202)."""
+
+    view: OrderView
+    finished: bool = True
+
+
+@asynccontextmanager
+async def _not_parked(_wait_s: float):
+    yield
+
+
 class OrderService:
-    def __init__(self, settings: Settings, engine: AsyncEngine, temporal: TemporalConnection) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        temporal: TemporalConnection,
+        changes: OrderChanges | None = None,
+    ) -> None:
         self._settings = settings
+        self._changes = changes
         self._engine = engine
         self._temporal_connection = temporal
         self._catalog = Catalog(engine)
@@ -275,13 +299,58 @@ class OrderService:
 
     async def get(self, caller: Caller, order_id: uuid.UUID) -> OrderView:
         """The order from the read model; another customer's order is reported as not found."""
+        return (await self.get_versioned(caller, order_id)).view
+
+    async def get_versioned(self, caller: Caller, order_id: uuid.UUID) -> VersionedView:
+        """:meth:`get`, with the version of the read (the gateway's ETag)."""
         try:
-            view = await self._read_model.get(order_id)
+            versioned = await self._read_model.get_versioned(order_id)
         except DB_ERRORS as error:
             raise database_error(error) from error
-        if view is None or (not caller.is_operator and view.customer_id != caller.subject):
+        if versioned is None or (not caller.is_operator and versioned.view.customer_id != caller.subject):
             raise OrderNotFound(f"order {order_id} not found")
-        return view
+        return versioned
+
+    async def watch(
+        self,
+        caller: Caller,
+        order_id: uuid.UUID,
+        *,
+        wait_s: float,
+        seen: Collection[str] = (),
+        until: Collection[OrderStatus] = (),
+        parked: Callable[[float], AbstractAsyncContextManager[None]] | None = None,
+    ) -> VersionedView:
+        """The order as :meth:`get_versioned` reads it, once it is ready or ``wait_s`` has passed.
+
+        Ready: its status is one of ``until`` when that is given, otherwise its version is none of
+        ``seen`` (what the caller already has). Without either there is nothing to wait for and the
+        order is read at once. The wait is capped by ``api_max_wait_s`` and ends early when the
+        gateway shuts down; either way the answer is the order as it is then. Waiting holds no
+        database connection: changes come from :class:`OrderChanges`. ``parked`` wraps the wait
+        (the gateway's load shedding does not count a parked request as work in flight).
+        Raises TooManyWaiters when this process already holds its maximum of waiters."""
+        wait_s = min(wait_s, self._settings.api_max_wait_s)
+        if wait_s <= 0 or not (seen or until) or self._changes is None:
+            return await self.get_versioned(caller, order_id)
+
+        def ready(version: str, status: str) -> bool:
+            return status in until if until else version not in seen
+
+        loop = asyncio.get_running_loop()
+        # Registered before the read, so a change committed in between is not missed.
+        async with self._changes.watching(order_id) as watch:
+            current = await self.get_versioned(caller, order_id)
+            if ready(current.version, current.view.status):
+                return current
+            known = current.version
+            deadline = loop.time() + wait_s
+            async with (parked or _not_parked)(wait_s):
+                while (change := await watch.next_change(known, deadline - loop.time())) is not None:
+                    known = change.version
+                    if ready(change.version, change.status):
+                        break
+        return current if known == current.version else await self.get_versioned(caller, order_id)
 
     async def list(
         self, caller: Caller, *, limit: int, cursor: str | None, status: OrderStatus | None, customer_id: str | None
@@ -296,7 +365,7 @@ class OrderService:
 
     async def cancel(
         self, caller: Caller, order_id: uuid.UUID, reason: str | None, shipments: Sequence[str] | None = None
-    ) -> OrderView:
+    ) -> ActionOutcome:
         """Cancel the whole order (``shipments`` None) or only the named shipments, which must not
         have left yet; the workflow refuses (409) naming any that did."""
         view = await self.get(caller, order_id)
@@ -309,15 +378,15 @@ class OrderService:
         if result is None:  # the workflow has ended: answer from its final state
             final = await self.get(caller, order_id)
             if final.status == OrderStatus.CANCELLED:
-                return final
+                return ActionOutcome(final)
             if shipments is not None:
                 cancelled = {s.id for s in final.shipments if s.status == ShipmentStatus.CANCELLED}
                 if set(shipments) <= cancelled:
-                    return final
+                    return ActionOutcome(final)
             raise InvalidOrderState(f"order is {final.status.value} and can no longer be cancelled")
         return result
 
-    async def amend(self, caller: Caller, order_id: uuid.UUID, lines: Sequence[tuple[str, int]]) -> OrderView:
+    async def amend(self, caller: Caller, order_id: uuid.UUID, lines: Sequence[tuple[str, int]]) -> ActionOutcome:
         """Keep only these lines of an order awaiting the customer (drop or reduce what was not
         available); the workflow checks them against what it reserved and recomputes the total."""
         view = await self.get(caller, order_id)
@@ -330,22 +399,22 @@ class OrderService:
             # Ended since: a retry of an amend that went through finds the order with exactly these lines.
             final = await self.get(caller, order_id)
             if sorted((line.sku, line.quantity) for line in final.items) == sorted(lines):
-                return final
+                return ActionOutcome(final)
             raise InvalidOrderState(f"order is {final.status.value}, not awaiting the customer")
         return result
 
-    async def review(self, caller: Caller, order_id: uuid.UUID, decision: str, note: str | None) -> OrderView:
+    async def review(self, caller: Caller, order_id: uuid.UUID, decision: str, note: str | None) -> ActionOutcome:
         view = await self.get(caller, order_id)
         request = ReviewRequest(decision=decision, note=note, reviewer=caller.subject)
         result = await self._update(view, UPDATE_REVIEW, request, update_id=f"review-{decision}")
         if result is None:
             final = await self.get(caller, order_id)
             if final.review is not None and final.review.decision == decision:
-                return final
+                return ActionOutcome(final)
             raise InvalidOrderState(f"order is {final.status.value}, not awaiting review")
         return result
 
-    async def change_shipping_address(self, caller: Caller, order_id: uuid.UUID, address: Address) -> OrderView:
+    async def change_shipping_address(self, caller: Caller, order_id: uuid.UUID, address: Address) -> ActionOutcome:
         view = await self.get(caller, order_id)
         result = await self._update(view, UPDATE_SHIPPING_ADDRESS, AddressChangeRequest(shipping_address=address))
         if result is None:
@@ -386,16 +455,24 @@ class OrderService:
         except TimeoutError as error:
             raise DependencyUnavailable("workflow service") from error
 
-    async def _update(self, view: OrderView, name: str, request, update_id: str | None = None) -> OrderView | None:
-        """Run an update; None when the workflow has already ended. Refusals by the validator or the
-        handler -> InvalidAmend / InvalidCancel for a request that can never be right for this order
-        (422), InvalidOrderState for anything else (409: not now, in this state)."""
+    async def _update(self, view: OrderView, name: str, request, update_id: str | None = None) -> ActionOutcome | None:
+        """Run an update within ``update_wait_s`` in all; None when the workflow has already ended.
+
+        Not accepted by the order within that time: DependencyUnavailable (503; the caller's retry
+        carries the same update id, so it counts once). Accepted but not finished: the order as the
+        read model has it now, not finished (202): the caller follows the order instead of holding a
+        connection until the workflow has moved on, which under load can take many seconds.
+        Refusals by the validator or the handler -> InvalidAmend / InvalidCancel for a request
+        that can never be right for this order (422), InvalidOrderState for anything else (409: not
+        now, in this state)."""
         if view.status.is_terminal:
             return None
         handle = (await self._client()).get_workflow_handle(order_workflow_id(view.id))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.update_wait_s
         try:
             try:
-                update = await self._temporal(
+                update = await asyncio.wait_for(
                     handle.start_update(
                         name,
                         request,
@@ -403,15 +480,18 @@ class OrderService:
                         wait_for_stage=WorkflowUpdateStage.ACCEPTED,
                         result_type=OrderView,
                         rpc_timeout=self._rpc_timeout,
-                    )
+                    ),
+                    self._settings.update_wait_s,
                 )
-            except WorkflowUpdateRPCTimeoutOrCancelledError as error:
+            except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as error:
                 # Not known to be accepted (no worker took the workflow task in time): never answer
                 # as if it were. The caller retries; the same update id makes a retry count once.
                 raise DependencyUnavailable("workflow service") from error
             try:
-                return await asyncio.wait_for(
-                    update.result(rpc_timeout=self._rpc_timeout), self._settings.update_wait_s
+                return ActionOutcome(
+                    await asyncio.wait_for(
+                        update.result(rpc_timeout=self._rpc_timeout), max(0.0, deadline - loop.time())
+                    )
                 )
             except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
                 # Accepted but not finished in time (e.g. compensations still running): it will
@@ -425,7 +505,7 @@ class OrderService:
                 # Only a cancel of the whole order shows as one in progress.
                 whole_cancel = name == UPDATE_CANCEL and getattr(request, "shipments", None) is None
                 current.cancel_requested = current.cancel_requested or whole_cancel
-                return current
+                return ActionOutcome(current, finished=False)
         except WorkflowUpdateFailedError as error:  # refused by the validator or the handler
             cause = error.cause
             if isinstance(cause, ApplicationError) and cause.type in _REFUSED_ON_ITS_MERITS:

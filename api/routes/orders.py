@@ -6,7 +6,7 @@ import re
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from api.deps import Customer, CustomerOrOperator, Operator, Service
 from api.errors import ApiProblem
@@ -23,7 +23,7 @@ from api.schemas import (
     ShippingAddress,
 )
 from core.domain import OrderStatus
-from core.order_service import NewOrder
+from core.order_service import ActionOutcome, NewOrder
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
 
@@ -68,6 +68,23 @@ _SUBMIT = problems(
 
 def _example(description: str, example: dict) -> dict:
     return {"description": description, "content": {"application/json": {"example": example}}}
+
+
+# Cancel, amend, review and address changes: 200 once the workflow has done it; 202 when it accepted
+# the change but had not finished it within ORDERS_UPDATE_WAIT_S.
+_PENDING: dict[int | str, dict] = {
+    202: {
+        "description": "Accepted by the order but not finished yet (e.g. compensations still running): the "
+        "order as it is now; the change will happen. Follow it with `GET /v1/orders/{id}?wait=...`",
+        "model": OrderView,
+    }
+}
+
+
+def _answer(outcome: ActionOutcome, response: Response) -> OrderView:
+    if not outcome.finished:
+        response.status_code = 202
+    return OrderView.of(outcome.view)
 
 
 def parse_idempotency_key(raw: str | None) -> str:
@@ -154,14 +171,95 @@ async def list_orders(
     return OrderList(items=[OrderView.of(view) for view in page.items], next_cursor=page.next_cursor)
 
 
+_ETAG_HEADER = {
+    "ETag": {
+        "description": "the order's version: send it back as `If-None-Match` to wait for the next change",
+        "schema": {"type": "string", "example": '"4.0"'},
+    }
+}
+_ETAGS = re.compile(r'(?:W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
+
+
+def parse_if_none_match(raw: str | None) -> set[str]:
+    """The entity tags of an If-None-Match header (RFC 9110, weak comparison: ``W/`` ignored);
+    ``{"*"}`` for the wildcard, empty for none or nothing readable."""
+    if raw is None:
+        return set()
+    if raw.strip() == "*":
+        return {"*"}
+    return set(_ETAGS.findall(raw))
+
+
 @router.get(
     "/{order_id}",
     response_model=OrderView,
-    summary="Read an order",
-    responses={200: _example("An order split over two warehouses", SPLIT_ORDER_EXAMPLE), **_ONE},
+    summary="Read an order, or wait for it to change",
+    description="""Without `wait`, the order as it is now. Every answer carries an `ETag`; a request whose
+`If-None-Match` names the current one gets `304 Not Modified` (no body).
+
+**Long-poll, instead of polling every second.** With `wait` (seconds, at most 30) the request is held
+until the order is *ready*, then answered at once:
+
+* with `until` (one or more statuses, e.g. `until=completed&until=cancelled&until=rejected&until=failed`):
+  when the order's status is one of them;
+* otherwise with `If-None-Match`: when the order no longer matches that ETag (any change: a status,
+  a shipment, a carrier event).
+
+If it is not ready within `wait`, the answer is the order as it is then: `304` when it still
+matches `If-None-Match`, else `200`. With neither `until` nor `If-None-Match` there is nothing to
+wait for and the answer is immediate. The gateway may answer sooner than `wait` (its own cap, or
+when it shuts down): always read the status of the answer, then ask again. A wait counts as one
+read against the rate limit. Each gateway process holds a bounded number of waiting requests;
+beyond it the answer is 503 with `Retry-After`.""",
+    responses={
+        200: {
+            **_example("An order split over two warehouses", SPLIT_ORDER_EXAMPLE),
+            "headers": _ETAG_HEADER,
+        },
+        304: {
+            "description": "The order still matches `If-None-Match` (after the wait, if one was asked for)",
+            "headers": _ETAG_HEADER,
+        },
+        **_ONE,
+        **problems(
+            422,
+            _422="`wait` not a whole number of seconds from 0 to 30, an unknown status in `until`, or an invalid id",
+        ),
+        **problems(
+            503,
+            _503="This gateway holds its maximum of waiting requests, or the database is unavailable; retry after Retry-After",
+        ),
+    },
 )
-async def get_order(order_id: uuid.UUID, caller: CustomerOrOperator, service: Service) -> OrderView:
-    return OrderView.of(await service.get(caller, order_id))
+async def get_order(
+    order_id: uuid.UUID,
+    caller: CustomerOrOperator,
+    service: Service,
+    request: Request,
+    response: Response,
+    wait: Annotated[
+        int, Query(ge=0, le=30, description="seconds to wait for the order to be ready (see above); 0: answer now")
+    ] = 0,
+    until: Annotated[
+        list[OrderStatus] | None, Query(description="with `wait`: answer once the order has one of these statuses")
+    ] = None,
+    if_none_match: Annotated[
+        str | None, Header(alias="If-None-Match", description="the ETag of the order as you last read it")
+    ] = None,
+):
+    seen = parse_if_none_match(if_none_match)
+    current = await service.watch(
+        caller,
+        order_id,
+        wait_s=wait,
+        seen=seen,
+        until=frozenset(until or ()),
+        parked=getattr(request.state, "parked", None),
+    )
+    if current.version in seen or "*" in seen:
+        return Response(status_code=304, headers={"ETag": current.etag})
+    response.headers["ETag"] = current.etag
+    return OrderView.of(current.view)
 
 
 @router.post(
@@ -171,6 +269,7 @@ async def get_order(order_id: uuid.UUID, caller: CustomerOrOperator, service: Se
     "`shipments`, only those (ids from the order's `shipments`), which must not have left yet.",
     summary="Cancel an order, or some of its shipments, before they ship",
     responses={
+        **_PENDING,
         **_ACTION,
         **problems(422, _422="Invalid body (see errors), or a shipment id the order does not have"),
         **problems(
@@ -187,10 +286,10 @@ async def get_order(order_id: uuid.UUID, caller: CustomerOrOperator, service: Se
     },
 )
 async def cancel_order(
-    order_id: uuid.UUID, body: CancelBody, caller: CustomerOrOperator, service: Service
+    order_id: uuid.UUID, body: CancelBody, caller: CustomerOrOperator, service: Service, response: Response
 ) -> OrderView:
     shipments = list(dict.fromkeys(body.shipments)) if body.shipments is not None else None
-    return OrderView.of(await service.cancel(caller, order_id, body.reason, shipments))
+    return _answer(await service.cancel(caller, order_id, body.reason, shipments), response)
 
 
 @router.post(
@@ -201,6 +300,7 @@ async def cancel_order(
     "recomputed from the prices at order time. Retrying the same amend is safe.",
     responses={
         200: _example("The order with the lines kept, its total recomputed", AMENDED_ORDER_EXAMPLE),
+        **_PENDING,
         **_ACTION,
         **problems(
             409,
@@ -228,28 +328,33 @@ async def cancel_order(
         ),
     },
 )
-async def amend_order(order_id: uuid.UUID, body: AmendBody, caller: CustomerOrOperator, service: Service) -> OrderView:
+async def amend_order(
+    order_id: uuid.UUID, body: AmendBody, caller: CustomerOrOperator, service: Service, response: Response
+) -> OrderView:
     refuse_repeated_skus([item.sku for item in body.items])
-    return OrderView.of(await service.amend(caller, order_id, [(item.sku, item.quantity) for item in body.items]))
+    lines = [(item.sku, item.quantity) for item in body.items]
+    return _answer(await service.amend(caller, order_id, lines), response)
 
 
 @router.put(
     "/{order_id}/shipping-address",
     response_model=OrderView,
     summary="Change the shipping address before shipping",
-    responses={**_ACTION, **problems(409, _409="Already shipping or ended")},
+    responses={**_PENDING, **_ACTION, **problems(409, _409="Already shipping or ended")},
 )
 async def change_shipping_address(
-    order_id: uuid.UUID, body: ShippingAddress, caller: CustomerOrOperator, service: Service
+    order_id: uuid.UUID, body: ShippingAddress, caller: CustomerOrOperator, service: Service, response: Response
 ) -> OrderView:
-    return OrderView.of(await service.change_shipping_address(caller, order_id, body.to_domain()))
+    return _answer(await service.change_shipping_address(caller, order_id, body.to_domain()), response)
 
 
 @router.post(
     "/{order_id}/review",
     response_model=OrderView,
     summary="Approve or reject an order awaiting review (operators)",
-    responses={**_ACTION, **problems(409, _409="Not awaiting review (or decided otherwise)")},
+    responses={**_PENDING, **_ACTION, **problems(409, _409="Not awaiting review (or decided otherwise)")},
 )
-async def review_order(order_id: uuid.UUID, body: ReviewBody, caller: Operator, service: Service) -> OrderView:
-    return OrderView.of(await service.review(caller, order_id, body.decision, body.note))
+async def review_order(
+    order_id: uuid.UUID, body: ReviewBody, caller: Operator, service: Service, response: Response
+) -> OrderView:
+    return _answer(await service.review(caller, order_id, body.decision, body.note), response)

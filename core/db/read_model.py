@@ -5,6 +5,8 @@ Three writers feed it: the gateway's ``received`` row, written in the same trans
 Idempotency-Key claim (:meth:`OrderReadModel.insert_received`); the workflow's projection at every
 transition (:meth:`OrderReadModel.project`); and the tracking-only carrier events the gateway
 records without a workflow (:meth:`OrderReadModel.record_tracking`). Reads are keyset-paginated.
+The projection and the tracking writes NOTIFY waiting readers in their own transaction
+(:mod:`core.db.order_changes`); a just-received order has no waiters yet.
 
 An order with several shipments has a tracking number per shipment: the projection files each one
 in ``order_shipments``, so a carrier event for any of them finds its order (orders from before split
@@ -23,6 +25,7 @@ from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from core.db.order_changes import notify_clause, order_version
 from core.db.tables import order_events, order_shipments, orders
 from core.domain import CarrierEvent, OrderStatus, OrderView
 
@@ -107,6 +110,16 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidCursor("cursor is not one this API issued") from error
 
 
+@dataclass(frozen=True)
+class VersionedView:
+    view: OrderView
+    version: str  # changes whenever a read of the order would answer something else
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.version}"'
+
+
 @dataclass
 class OrderPage:
     items: list[OrderView]
@@ -151,6 +164,8 @@ class OrderReadModel:
                 set_={k: statement.excluded[k] for k in row if k not in {"id", "created_at"}},
                 where=orders.c.seq < statement.excluded.seq,
             )
+            # Waiting readers learn of the transition when it commits (no row: nothing changed).
+            .returning(notify_clause())
         )
         await conn.execute(insert(order_events).values(_event_rows(view)).on_conflict_do_nothing())
         shipments = _shipment_rows(view)
@@ -170,16 +185,27 @@ class OrderReadModel:
                     update(orders)
                     .where(_has_tracking_number(tracking_number))
                     .values(tracking=first.op("||", return_type=JSONB)(orders.c.tracking))
-                    .returning(orders.c.id)
+                    .returning(orders.c.id, notify_clause())
                 )
-            ).scalar_one_or_none()
+            ).scalar()
 
     # --- reads --------------------------------------------------------------------------------
 
     async def get(self, order_id: uuid.UUID) -> OrderView | None:
+        versioned = await self.get_versioned(order_id)
+        return versioned.view if versioned is not None else None
+
+    async def get_versioned(self, order_id: uuid.UUID) -> VersionedView | None:
+        """The order and the version of this read (see :func:`core.db.order_changes.order_version`)."""
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(orders.c.view, orders.c.tracking).where(orders.c.id == order_id))).first()
-        return with_tracking(row.view, row.tracking) if row is not None else None
+            row = (
+                await conn.execute(
+                    select(orders.c.view, orders.c.tracking, orders.c.seq).where(orders.c.id == order_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        return VersionedView(with_tracking(row.view, row.tracking), order_version(row.seq, row.tracking))
 
     async def find_by_tracking_number(self, tracking_number: str) -> OrderView | None:
         async with self._engine.connect() as conn:

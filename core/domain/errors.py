@@ -54,6 +54,15 @@ class DependencyUnavailable(OrderError):
         self.retry_after_s = retry_after_s
 
 
+class TooManyWaiters(OrderError):
+    """This gateway process already holds its maximum of waiting reads (long-polls); the caller
+    retries after ``retry_after_s`` (possibly reaching another process) or reads without waiting."""
+
+    def __init__(self, max_waiters: int, retry_after_s: int = 1) -> None:
+        super().__init__(f"this gateway already holds {max_waiters} waiting reads; retry, or read without wait")
+        self.retry_after_s = retry_after_s
+
+
 class UnknownStockLocation(OrderError):
     """No such warehouse, or no such SKU in the catalogue."""
 

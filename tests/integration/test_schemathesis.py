@@ -51,7 +51,11 @@ async def fuzz_gateway(it_settings, temporal_client, engine, workers):
     """The gateway as production runs it (codec calls need an operator's token from anywhere), with
     the workers of the integration session behind it."""
     port = free_port()
-    settings = it_settings.model_copy(update={"api_port": port, "codec_allow_local_anonymous": False})
+    # Long-polls answer within 2 s (the server may cap `wait`): generated waits of up to 30 s on
+    # an order that never reaches the generated `until` must not run into the 15 s request timeout.
+    settings = it_settings.model_copy(
+        update={"api_port": port, "codec_allow_local_anonymous": False, "api_max_wait_s": 2}
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings, engine=engine, client=temporal_client),

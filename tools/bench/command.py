@@ -61,8 +61,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise CliError(str(error)) from error
     if args.duration > 3600 or args.max_orders > 1_000_000:
         raise CliError("a bench run is bounded: --duration <= 3600 s and --max-orders <= 1000000")
-    if not 0.05 <= args.poll_interval <= 60:
+    if args.poll_interval is not None and not 0.05 <= args.poll_interval <= 60:
         raise CliError("--poll-interval must be between 0.05 and 60 seconds")
+    if not 1 <= args.wait <= 30:
+        raise CliError("--wait must be between 1 and 30 seconds")
     report = run_bench(args)
     print(format_report(report), flush=True)
     if args.json:
@@ -117,10 +119,18 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--reads", type=int, default=1, help="extra list reads per order besides polling (default 1)")
     parser.add_argument(
+        "--wait",
+        type=int,
+        default=20,
+        help="seconds a client's long-poll of its order may wait for it to end or need the client "
+        "(GET /v1/orders/{id}?wait=...&until=...; default 20)",
+    )
+    parser.add_argument(
         "--poll-interval",
         type=float,
-        default=1.0,
-        help="seconds between a client's status reads of its order until it ends (default 1; each read is a GET the gateway serves)",
+        default=None,
+        help="instead of long-polling, read the order every this many seconds until it ends (clients "
+        "before the long-poll: 1)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="worker processes of the embedded stack (default 1)")

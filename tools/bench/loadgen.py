@@ -2,8 +2,10 @@
 
 Each simulated order is one coroutine: submit with an Idempotency-Key (retried with the same key
 after 429/503 + Retry-After or a dropped connection, as a well-behaved client would), then, by its
-kind, cancel it, or wait for review and approve it with an operator token, then poll the order
-until it ends. Open loop (``rate``): orders start on a fixed schedule whatever the platform does.
+kind, cancel it, or wait for review and approve it with an operator token, and follow the order
+until it ends: by default with the gateway's long-poll (``GET /v1/orders/{id}?wait=...&until=...``,
+answered when the order reaches a status the client acts on or ends), or, with
+``poll_interval_s``, by reading it at that interval as clients did before. Open loop (``rate``): orders start on a fixed schedule whatever the platform does.
 Closed loop (``concurrency``): that many orders in flight, a new one when one ends.
 
 Every HTTP call is recorded (start, route, status, latency); every order's outcome and its
@@ -161,6 +163,7 @@ class LoadResult:
     # How late the generator's own event loop woke up at worst: when this is seconds, its
     # latencies and "no answer"s are partly its own doing, not the gateway's.
     max_loop_lag_s: float = 0.0
+    clients: str = ""  # how the simulated clients follow their orders
 
     @property
     def accepted(self) -> list[OrderOutcome]:
@@ -182,7 +185,8 @@ class LoadGenerator:
         customers: int = 500,
         seed: int = 1,
         request_timeout_s: float = 15.0,
-        poll_interval_s: float = 1.0,
+        poll_interval_s: float | None = None,
+        wait_s: int = 20,
         status_line: Callable[[str], None] | None = None,
         run_id: str | None = None,
     ) -> None:
@@ -196,11 +200,14 @@ class LoadGenerator:
         self._tokens = {c: mint_token(settings, c, "customer", ttl_s=24 * 3600) for c in self.customers}
         self._operator = mint_token(settings, f"bench-operator-{self.run_id}", "operator", ttl_s=24 * 3600)
         self.request_timeout_s = request_timeout_s
-        self.poll_interval_s = poll_interval_s
+        # Long-poll for up to wait_s per read, unless a poll interval asks for the old polling.
+        self.poll_interval_s = 1.0 if poll_interval_s is None and not wait_s else poll_interval_s
+        self.wait_s = wait_s if self.poll_interval_s is None else 0
         self._status_line = status_line
         self._t0 = time.monotonic()
         self.result = LoadResult(started=time.time(), duration_s=0.0, drain_s=None)
         self._pools: list[httpx.AsyncClient] = []
+        self._wait_pools: list[httpx.AsyncClient] = []
         self._stop_submitting = asyncio.Event()
         self._give_up_at = float("inf")
 
@@ -235,8 +242,23 @@ class LoadGenerator:
                 )
                 for _ in range(POOLS)
             ]
+            # httpx's own timeouts are per phase; a long-poll's read may take its whole wait.
+            wait_timeout = httpx.Timeout(self.request_timeout_s, read=self.wait_s + self.request_timeout_s)
+            self._wait_pools = [
+                await pools.enter_async_context(
+                    httpx.AsyncClient(base_url=self.base_url, timeout=wait_timeout, limits=limits)
+                )
+                for _ in range(POOLS if self.wait_s else 0)
+            ]
             self._t0 = time.monotonic()
-            self.result = LoadResult(started=time.time(), duration_s=0.0, drain_s=None)
+            self.result = LoadResult(
+                started=time.time(),
+                duration_s=0.0,
+                drain_s=None,
+                clients=f"long-poll, wait {self.wait_s} s"
+                if self.wait_s
+                else f"polling every {self.poll_interval_s:g} s",
+            )
             status = asyncio.create_task(self._print_status())
             lag = asyncio.create_task(self._watch_loop_lag())
             extra_task = asyncio.ensure_future(extra()) if extra is not None else None
@@ -315,10 +337,28 @@ class LoadGenerator:
             )
         for _ in range(self.mix.reads):
             await self._call(ROUTE_LIST, "GET", "/v1/orders", params={"limit": 10}, headers=self._auth(customer))
-        await asyncio.sleep(self.poll_interval_s)
         approved = amend_asked = False
+        interval = self.poll_interval_s or 0.0
+        await asyncio.sleep(interval)
         while self._now_mono() < self._give_up_at:
-            response = await self._call(ROUTE_GET, "GET", path, headers=self._auth(customer))
+            if self.wait_s:
+                # Woken when the order ends or waits for what this client does (approve, amend).
+                until = sorted(
+                    TERMINAL
+                    | (set() if approved else {"awaiting_review"})
+                    | (set() if amend_asked else {"awaiting_customer"})
+                )
+                wait = int(min(self.wait_s, max(1.0, self._give_up_at - self._now_mono())))
+                response = await self._call(
+                    ROUTE_GET,
+                    "GET",
+                    path,
+                    params={"wait": wait, "until": until},
+                    headers=self._auth(customer),
+                    deadline_s=wait + self.request_timeout_s,
+                )
+            else:
+                response = await self._call(ROUTE_GET, "GET", path, headers=self._auth(customer))
             if response is not None and response.status_code == 200:
                 view = response.json()
                 outcome.last_status = view["status"]
@@ -348,10 +388,8 @@ class LoadGenerator:
                     outcome.amended = answer is not None and answer.status_code in (200, 202)
                     if outcome.amended:
                         continue
-            shed = response is not None and response.status_code in (429, 503)
-            await asyncio.sleep(
-                max(self._retry_delay(response), self.poll_interval_s) if shed else self.poll_interval_s
-            )
+            shed = response is None or response.status_code in (429, 503)
+            await asyncio.sleep(max(self._retry_delay(response), interval) if shed else interval)
 
     def _record_end(self, outcome: OrderOutcome, view: dict) -> None:
         outcome.status, outcome.failure_reason, outcome.ended_at = (
@@ -372,16 +410,22 @@ class LoadGenerator:
     def _auth(self, customer: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._tokens[customer]}"}
 
-    async def _call(self, route: str, method: str, path: str, **kwargs) -> httpx.Response | None:
+    async def _call(
+        self, route: str, method: str, path: str, *, deadline_s: float | None = None, **kwargs
+    ) -> httpx.Response | None:
+        """One request within ``deadline_s`` (default the request timeout; a long-poll's is its wait
+        plus that). Long-polls go over pools of their own: a connection parked for its wait must not
+        keep another request of the same pool waiting for a connection."""
         assert self._pools, "run() opens the connection pools"
         caller = (kwargs.get("headers") or {}).get("Authorization", "")
-        http = self._pools[hash(caller) % len(self._pools)]
+        pools = self._wait_pools if deadline_s is not None else self._pools
+        http = pools[hash(caller) % len(pools)]
         started = time.monotonic()
         phase = RequestPhase()
         try:
             # One deadline for the whole request (httpx's timeouts are per phase: pool, connect,
             # write and each read could take that long in turn).
-            async with asyncio.timeout(self.request_timeout_s):
+            async with asyncio.timeout(deadline_s or self.request_timeout_s):
                 response = await http.request(method, path, extensions={"trace": phase.trace}, **kwargs)
         except (httpx.HTTPError, TimeoutError) as error:
             kind = f"deadline: {phase.where}" if isinstance(error, TimeoutError) else type(error).__name__

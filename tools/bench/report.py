@@ -35,6 +35,11 @@ def format_report(report: dict) -> str:
         lines.append(
             f"load generator: {s['submitted_per_s']} orders/s offered, its event loop {s['generator_max_loop_lag_s']} s late at worst"
         )
+        if "requests_per_order" in s:
+            lines.append(
+                f"gateway requests per accepted order {s['requests_per_order']}, of them reads {s['reads_per_order']} "
+                f"(clients {s['clients'] or 'as configured'})"
+            )
         lines.append(f"outcomes {s['outcomes']}")
         if run.get("cpu"):
             lines.append(_cpu_line("CPU per ended order", run["cpu"]))

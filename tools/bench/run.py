@@ -174,6 +174,7 @@ async def run_load(
         customers=args.customers,
         seed=args.seed,
         poll_interval_s=args.poll_interval,
+        wait_s=args.wait,
         status_line=status_printer(),
         run_id=run_id,
     )

@@ -70,6 +70,13 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         "http_5xx_not_503_with_retry_after": len(bad_5xx),
         "no_answer": statuses.get("no answer", 0),
         "no_answer_by_error": dict(Counter(s.error or "?" for s in result.samples if not s.status)),
+        # What the clients asked of the gateway per accepted order: every request, and the reads
+        # among them (status reads and lists).
+        "clients": result.clients,
+        "requests_per_order": round(len(result.samples) / max(len(accepted), 1), 2),
+        "reads_per_order": round(
+            len([s for s in result.samples if s.route.startswith("GET ")]) / max(len(accepted), 1), 2
+        ),
         "submitted_per_s": round(len(result.orders) / duration, 2),  # the offered load the generator managed
         "generator_max_loop_lag_s": round(result.max_loop_lag_s, 2),
     }
