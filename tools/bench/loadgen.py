@@ -91,6 +91,10 @@ class Catalogue:
     scarce_sku: str | None = None  # never in stock: an order asking for it is only partly available
     # Stock per (warehouse, SKU) when the run began, for the invariant checker.
     warehouse_stock: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Plain orders of more than one line (`orders bench --sweep`): one line of each of the first
+    # ``lines_per_order`` of ``plain_skus`` (an order names each SKU once).
+    plain_skus: tuple[str, ...] = ()
+    lines_per_order: int = 1
 
     def lines(self, kind: str, rng: random.Random) -> list[dict]:
         """The items of an order of ``kind``."""
@@ -103,6 +107,12 @@ class Catalogue:
                 {"sku": self.cheap_sku, "quantity": rng.randint(1, 3)},
                 {"sku": self.scarce_sku, "quantity": rng.randint(1, 2)},
             ]
+        if self.lines_per_order > 1:
+            if len(self.plain_skus) < self.lines_per_order:
+                raise ValueError(
+                    f"{self.lines_per_order} lines per order need as many SKUs, the catalogue has {len(self.plain_skus)}"
+                )
+            return [{"sku": sku, "quantity": rng.randint(1, 3)} for sku in self.plain_skus[: self.lines_per_order]]
         return [{"sku": self.cheap_sku, "quantity": rng.randint(1, 3)}]
 
 
