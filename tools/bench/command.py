@@ -90,13 +90,45 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_read_path(args: argparse.Namespace) -> int:
+    """`orders bench --read-path`: seed the read model, drive the read routes open loop, report."""
+    from bench.reads import format_reads, run_read_path
+    from bench.run import say
+    from bench.sweep import parse_levels
+
+    if args.url:
+        raise CliError("--read-path starts its own stack: it cannot run against --url")
+    try:
+        args.read_rates = parse_levels(args.read_rates, "--read-rates", upper=100_000)
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    if not 1 <= args.read_duration <= 600:
+        raise CliError("--read-duration must be between 1 and 600 seconds")
+    if not 1 <= args.read_seed <= 1_000_000:
+        raise CliError("--read-seed must be between 1 and 1000000 orders")
+    if not 0 <= args.read_list_share <= 1:
+        raise CliError("--read-list-share must be between 0 and 1")
+    section = run_read_path(args, _stack_options(args))
+    print(format_reads(section), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"argv": sys.argv[1:], "reads": section}, indent=2, default=str))
+        say(f"wrote {args.json}")
+    bad = any(p["statuses"].keys() - {"200"} for p in section["rates"])
+    return 1 if bad else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.loadgen import require_loopback
     from bench.report import format_report, write_chart
     from bench.run import say
 
+    if args.sweep and args.read_path:
+        raise CliError("--sweep and --read-path are two different runs: give one")
     if args.sweep:
         return cmd_sweep(args)
+    if args.read_path:
+        return cmd_read_path(args)
 
     if args.rate is None and args.concurrency is None:
         args.concurrency = 32
@@ -246,6 +278,29 @@ def register(subparsers) -> None:
         type=float,
         default=10.0,
         help="seconds of load per point (default 10), then it drains",
+    )
+    reads = bench.add_argument_group("read path (the gateway's read routes alone, open loop; own stack only)")
+    reads.add_argument(
+        "--read-path",
+        action="store_true",
+        help="instead of orders: seed the read model, then GET /v1/orders/{id} and GET /v1/orders at each rate",
+    )
+    reads.add_argument(
+        "--read-rates",
+        default="100,200,400",
+        metavar="N,N,...",
+        help="requests per second offered (default 100,200,400)",
+    )
+    reads.add_argument("--read-duration", type=float, default=15.0, help="seconds per rate (default 15)")
+    reads.add_argument("--read-seed", type=int, default=5000, help="orders in the read model (default 5000)")
+    reads.add_argument("--read-per-customer", type=int, default=50, help="orders per customer (default 50)")
+    reads.add_argument("--read-list-share", type=float, default=0.2, help="share of list reads (default 0.2)")
+    reads.add_argument(
+        "--read-profile",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="py-spy the gateway during the last rate; collapsed stacks to PATH, top functions printed",
     )
     bench.add_argument("--json", type=Path, default=None, help="write the report as JSON (and a PNG chart next to it)")
     bench.add_argument("--chart", type=Path, default=None, help="write the chart here (default: next to --json)")

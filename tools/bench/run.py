@@ -172,6 +172,7 @@ async def run_load(
     run_id: str | None = None,
     extra=None,
     mix: Mix | None = None,
+    max_orders: int | None = None,
 ) -> LoadResult:
     """One load phase with the mix (unless ``mix`` is given) and client behaviour of ``args``."""
     generator = LoadGenerator(
@@ -197,7 +198,7 @@ async def run_load(
         duration_s=duration or args.duration,
         rate=rate,
         concurrency=concurrency,
-        max_orders=args.max_orders,
+        max_orders=max_orders or args.max_orders,
         drain_timeout_s=args.drain_timeout,
         extra=extra,
     )
