@@ -275,7 +275,8 @@ class LoadGenerator:
                             await self._one_order()
 
                     tasks.update(asyncio.create_task(loop()) for _ in range(concurrency or 1))
-                    await asyncio.sleep(max(0.0, load_end - time.monotonic()))
+                    # Until the end of the load phase, or sooner when max_orders were placed and ended.
+                    await asyncio.wait(set(tasks), timeout=max(0.0, load_end - time.monotonic()))
                 self.result.duration_s = time.monotonic() - self._t0
                 self._stop_submitting.set()
                 drain_started = time.monotonic()
