@@ -294,8 +294,10 @@ def format_sweep(section: dict[str, Any]) -> str:
         f"{'platform CPU ms/order':>22} {'outside':>8} {'busy':>5} {'all':>5} {'history B':>10} {'read model B':>12}"
     )
     for p in section["points"]:
+        # A point that did not drain spent CPU on orders it never counted: its per-order figures are overstated.
+        flag = "*" if p["orders_unfinished"] else " "
         lines.append(
-            f"{p['lines']:>5} {p['concurrency']:>9} {p['throughput_ended_per_s']:>8} "
+            f"{p['lines']:>5} {str(p['concurrency']) + flag:>9} {p['throughput_ended_per_s']:>8} "
             f"{str(p['submit_ms']['p50']) + ' / ' + str(p['submit_ms']['p99']):>18} "
             f"{str(p['submit_to_completed_ms']['p50']) + ' / ' + str(p['submit_to_completed_ms']['p99']):>23} "
             f"{p['platform_cpu_ms_per_order']!s:>22} {p['outside_cpu_ms_per_order']!s:>8} "
@@ -307,6 +309,10 @@ def format_sweep(section: dict[str, Any]) -> str:
         "history B = serialized history per completed order (sampled); read model B = pg_column_size of the "
         "order's rows in orders + order_events + order_shipments (no indexes; on-disk figures in --json)."
     )
+    if any(p["orders_unfinished"] for p in section["points"]):
+        lines.append(
+            "* orders still unfinished after --drain-timeout: CPU per order there counts work on orders that did not end"
+        )
     for size, bend in section["bends"].items():
         lines.append(f"{size} line(s): {bend['text']}")
     return "\n".join(lines)
