@@ -71,7 +71,8 @@ def run_read_path(args: argparse.Namespace, options: StackOptions) -> dict:
 async def _read_path(args: argparse.Namespace, stack: BenchStack) -> dict[str, Any]:
     settings = stack.settings
     assert settings is not None and stack.api is not None
-    engine = create_engine(settings, pool_size=8)
+    # The bench's own engine for seeding: patient, as a busy machine can take seconds to connect.
+    engine = create_engine(settings.model_copy(update={"database_timeout_s": 30.0}), pool_size=8)
     try:
         catalogue, _ = await prepare_catalogue(engine, settings, uuid.uuid4().hex[:6])
         say(f"seeding: {TEMPLATE_ORDERS} real orders through the gateway")

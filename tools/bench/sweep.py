@@ -80,7 +80,8 @@ def run_sweep(args: argparse.Namespace, options: StackOptions) -> dict:
 
         async def go() -> dict:
             assert stack.settings is not None
-            engine = create_engine(stack.settings, pool_size=2)
+            # The bench's own engine (catalogue, bytes per order): patient on a busy machine.
+            engine = create_engine(stack.settings.model_copy(update={"database_timeout_s": 30.0}), pool_size=2)
             try:
                 catalogue, _ = await prepare_catalogue(
                     engine, stack.settings, uuid.uuid4().hex[:6], plain_skus=max(sizes)
