@@ -34,7 +34,7 @@ import httpx
 from bench.loadgen import ROUTE_GET, ROUTE_LIST, Mix
 from bench.measure.gateway import gateway_answer_times, subtract
 from bench.measure.load import ms, percentile
-from bench.measure.resources import tree_cpu_seconds
+from bench.measure.resources import own_cpu_seconds, tree_cpu_seconds
 from bench.run import prepare_catalogue, run_load, say
 from bench.stack import BenchStack, StackOptions
 from core.db.engine import create_engine
@@ -114,9 +114,11 @@ async def _read_path(args: argparse.Namespace, stack: BenchStack) -> dict[str, A
         before_metrics = await gateway_answer_times(stack.api_url)
         before_cpu = tree_cpu_seconds(api_pid)
         before_pg = tree_cpu_seconds(postgres_pid) if postgres_pid else 0.0
+        before_generator = own_cpu_seconds()
         spy = _start_profile(api_pid, profile, args.read_duration) if profile else None
         result = await drive(stack.api_url, tokens, owned, rate, args.read_duration, args.read_list_share, args.seed)
         gateway_cpu = tree_cpu_seconds(api_pid) - before_cpu
+        generator_cpu = own_cpu_seconds() - before_generator
         # PostgreSQL's backends and autovacuum workers come and go, and one that exits takes its CPU
         # time out of the tree's sum: a floor, and None when the sum went down.
         postgres_cpu = (tree_cpu_seconds(postgres_pid) - before_pg) if postgres_pid else None
@@ -124,6 +126,8 @@ async def _read_path(args: argparse.Namespace, stack: BenchStack) -> dict[str, A
             postgres_cpu = None
         counted = subtract(await gateway_answer_times(stack.api_url), before_metrics)
         point = rate_figures(result, gateway_cpu, postgres_cpu, counted)
+        # The generator shares the machine: near one core, it (not the gateway) limits the rate reached.
+        point["generator_cores"] = round(generator_cpu / result.duration_s, 2) if result.duration_s else None
         if spy is not None:
             point["profile"] = _finish_profile(spy, profile)
         rates.append(point)
@@ -275,7 +279,7 @@ def rate_line(p: dict[str, Any]) -> str:
         f"statuses {p['statuses']}), p50/p99 GET one {lat.get(ROUTE_GET, {}).get('p50')}/{lat.get(ROUTE_GET, {}).get('p99')} ms, "
         f"list {lat.get(ROUTE_LIST, {}).get('p50')}/{lat.get(ROUTE_LIST, {}).get('p99')} ms; gateway "
         f"{p['gateway_cpu_ms_per_request']} ms CPU per request ({p['gateway_cores']} cores), PostgreSQL "
-        f"{p['postgres_cpu_ms_per_request']} ms"
+        f"{p['postgres_cpu_ms_per_request']} ms; load generator {p.get('generator_cores')} cores"
     )
 
 
