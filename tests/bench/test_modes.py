@@ -64,6 +64,7 @@ def test_the_read_path_answers_and_counts_every_request_it_was_sent(tmp_path, ca
         (["--sweep", "--read-path"], "give one"),
         (["--read-path", "--read-list-share", "2"], "--read-list-share must be between 0 and 1"),
         (["--read-path", "--read-rates", "0"], "--read-rates must be between 1"),
+        (["--read-path", "--read-per-customer", "0"], "--read-per-customer must be between 1"),
     ],
 )
 def test_bad_sweep_and_read_path_options_get_one_line(argv, message, capsys):

@@ -106,6 +106,8 @@ def cmd_read_path(args: argparse.Namespace) -> int:
         raise CliError("--read-duration must be between 1 and 600 seconds")
     if not 1 <= args.read_seed <= 1_000_000:
         raise CliError("--read-seed must be between 1 and 1000000 orders")
+    if not 1 <= args.read_per_customer <= args.read_seed:
+        raise CliError("--read-per-customer must be between 1 and --read-seed")
     if not 0 <= args.read_list_share <= 1:
         raise CliError("--read-list-share must be between 0 and 1")
     section = run_read_path(args, _stack_options(args))
