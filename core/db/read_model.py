@@ -18,10 +18,12 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, Text, and_, cast, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -55,11 +57,16 @@ def _event_rows(view: OrderView) -> list[dict]:
     ]
 
 
-def with_tracking(view: dict, tracking: dict | None) -> OrderView:
-    """The projected view plus the tracking-only carrier events the gateway recorded beside it
-    (``orders.tracking``), in time order; an event the workflow itself has (older orders got every
-    event as a signal) is not repeated."""
-    order = OrderView.model_validate(view)
+# The stored view as JSON text for the reads: pydantic validates it straight from the text, about
+# twice as fast as the driver's json.loads followed by validating the dict.
+_VIEW_TEXT = cast(orders.c.view, Text).label("view")
+
+
+def with_tracking(view: dict | str, tracking: dict | None) -> OrderView:
+    """The projected view (as stored: a dict, or its JSON text) plus the tracking-only carrier
+    events the gateway recorded beside it (``orders.tracking``), in time order; an event the
+    workflow itself has (older orders got every event as a signal) is not repeated."""
+    order = OrderView.model_validate_json(view) if isinstance(view, str) else OrderView.model_validate(view)
     if tracking:
         known = {(event.event.value, event.tracking_number) for event in order.carrier_events}
         known |= {(event.event.value, None) for event in order.carrier_events}
@@ -191,17 +198,23 @@ class OrderReadModel:
 
     # --- reads --------------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one read of one statement, in autocommit: a lone SELECT sees one
+        snapshot either way, and without the driver's implicit BEGIN and ROLLBACK around it a read
+        costs two round trips to PostgreSQL fewer."""
+        async with self._engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
     async def get(self, order_id: uuid.UUID) -> OrderView | None:
         versioned = await self.get_versioned(order_id)
         return versioned.view if versioned is not None else None
 
     async def get_versioned(self, order_id: uuid.UUID) -> VersionedView | None:
         """The order and the version of this read (see :func:`core.db.order_changes.order_version`)."""
-        async with self._engine.connect() as conn:
+        async with self._reading() as conn:
             row = (
-                await conn.execute(
-                    select(orders.c.view, orders.c.tracking, orders.c.seq).where(orders.c.id == order_id)
-                )
+                await conn.execute(select(_VIEW_TEXT, orders.c.tracking, orders.c.seq).where(orders.c.id == order_id))
             ).first()
         if row is None:
             return None
@@ -223,7 +236,7 @@ class OrderReadModel:
         status: OrderStatus | None = None,
     ) -> OrderPage:
         """Newest first; ``cursor`` continues after the last item of the previous page."""
-        query = select(orders.c.view, orders.c.tracking, orders.c.created_at, orders.c.id)
+        query = select(_VIEW_TEXT, orders.c.tracking, orders.c.created_at, orders.c.id)
         if customer_id is not None:
             query = query.where(orders.c.customer_id == customer_id)
         if status is not None:
@@ -234,7 +247,7 @@ class OrderReadModel:
                 or_(orders.c.created_at < created_at, and_(orders.c.created_at == created_at, orders.c.id < order_id))
             )
         query = query.order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit + 1)
-        async with self._engine.connect() as conn:
+        async with self._reading() as conn:
             rows = (await conn.execute(query)).all()
         items = [with_tracking(row.view, row.tracking) for row in rows[:limit]]
         next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None

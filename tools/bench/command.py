@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +34,103 @@ def run_bench(args: argparse.Namespace) -> dict:
 
     if args.url:
         return asyncio.run(run.against_url(args))
+    return run.on_own_stack(args, _stack_options(args))
+
+
+def _stack_options(args: argparse.Namespace):
     from bench.stack import StackOptions
 
-    options = StackOptions(
+    return StackOptions(
         workers=args.workers,
         settings=_parse_pairs(args.set, "--set"),
         temporal_dynamic_config=_parse_pairs(args.temporal_config, "--temporal-config"),
         keep_data=args.keep_data,
         database_server_url=getattr(args, "database_url", None),  # not among add_load_options
     )
-    return run.on_own_stack(args, options)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """`orders bench --sweep`: the points on one own stack, then the text, --json and the chart."""
+    from bench.run import say
+    from bench.sweep import (
+        DEFAULT_LEVELS,
+        DEFAULT_SIZES,
+        MAX_LINES,
+        format_sweep,
+        parse_levels,
+        run_sweep,
+        write_sweep_chart,
+    )
+
+    if args.url:
+        raise CliError("--sweep starts its own stack: it cannot run against --url")
+    try:
+        args.sweep_levels = parse_levels(
+            args.sweep_levels or ",".join(map(str, DEFAULT_LEVELS)), "--sweep-levels", upper=1000
+        )
+        args.sweep_sizes = parse_levels(
+            args.sweep_sizes or ",".join(map(str, DEFAULT_SIZES)), "--sweep-sizes", upper=MAX_LINES
+        )
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    if not 1 <= args.sweep_point_duration <= 600:
+        raise CliError("--sweep-point-duration must be between 1 and 600 seconds")
+    if len(args.sweep_levels) * len(args.sweep_sizes) > 60:
+        raise CliError("a sweep is bounded: at most 60 points (levels x sizes)")
+    section = run_sweep(args, _stack_options(args))
+    report = {"argv": sys.argv[1:], "sweep": section}
+    print(format_sweep(section), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        say(f"wrote {args.json}")
+    chart = args.chart or (args.json.with_suffix(".png") if args.json else Path("bench-sweep.png"))
+    say(f"wrote {chart}" if write_sweep_chart(section, chart) else "matplotlib is not installed: no chart")
+    bad = any(p["http_5xx_not_503_with_retry_after"] or p["orders_unfinished"] for p in section["points"])
+    return 1 if bad else 0
+
+
+def cmd_read_path(args: argparse.Namespace) -> int:
+    """`orders bench --read-path`: seed the read model, drive the read routes open loop, report."""
+    from bench.reads import format_reads, run_read_path
+    from bench.run import say
+    from bench.sweep import parse_levels
+
+    if args.url:
+        raise CliError("--read-path starts its own stack: it cannot run against --url")
+    try:
+        args.read_rates = parse_levels(args.read_rates, "--read-rates", upper=100_000)
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    if not 1 <= args.read_duration <= 600:
+        raise CliError("--read-duration must be between 1 and 600 seconds")
+    if not 1 <= args.read_seed <= 1_000_000:
+        raise CliError("--read-seed must be between 1 and 1000000 orders")
+    if not 1 <= args.read_per_customer <= args.read_seed:
+        raise CliError("--read-per-customer must be between 1 and --read-seed")
+    if not 0 <= args.read_list_share <= 1:
+        raise CliError("--read-list-share must be between 0 and 1")
+    section = run_read_path(args, _stack_options(args))
+    print(format_reads(section), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"argv": sys.argv[1:], "reads": section}, indent=2, default=str))
+        say(f"wrote {args.json}")
+    bad = any(p["statuses"].keys() - {"200"} for p in section["rates"])
+    return 1 if bad else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.loadgen import require_loopback
     from bench.report import format_report, write_chart
     from bench.run import say
+
+    if args.sweep and args.read_path:
+        raise CliError("--sweep and --read-path are two different runs: give one")
+    if args.sweep:
+        return cmd_sweep(args)
+    if args.read_path:
+        return cmd_read_path(args)
 
     if args.rate is None and args.concurrency is None:
         args.concurrency = 32
@@ -190,6 +272,47 @@ def register(subparsers) -> None:
     )
     bench.add_argument(
         "--history-sample", type=int, default=20, help="completed workflows whose histories are counted (default 20)"
+    )
+    sweep = bench.add_argument_group("sweep (how cost grows with load and order size; own stack only)")
+    sweep.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead of one load phase: closed loops of plain orders at each level x size, one after another on one stack",
+    )
+    sweep.add_argument(
+        "--sweep-levels", default=None, metavar="N,N,...", help="orders in flight per point (default 8,16,32,64,128)"
+    )
+    sweep.add_argument(
+        "--sweep-sizes", default=None, metavar="N,N,...", help="lines per order (default 1,10,50; at most 100)"
+    )
+    sweep.add_argument(
+        "--sweep-point-duration",
+        type=float,
+        default=10.0,
+        help="seconds of load per point (default 10), then it drains",
+    )
+    reads = bench.add_argument_group("read path (the gateway's read routes alone, open loop; own stack only)")
+    reads.add_argument(
+        "--read-path",
+        action="store_true",
+        help="instead of orders: seed the read model, then GET /v1/orders/{id} and GET /v1/orders at each rate",
+    )
+    reads.add_argument(
+        "--read-rates",
+        default="100,200,400",
+        metavar="N,N,...",
+        help="requests per second offered (default 100,200,400)",
+    )
+    reads.add_argument("--read-duration", type=float, default=15.0, help="seconds per rate (default 15)")
+    reads.add_argument("--read-seed", type=int, default=5000, help="orders in the read model (default 5000)")
+    reads.add_argument("--read-per-customer", type=int, default=50, help="orders per customer (default 50)")
+    reads.add_argument("--read-list-share", type=float, default=0.2, help="share of list reads (default 0.2)")
+    reads.add_argument(
+        "--read-profile",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="py-spy the gateway during the last rate; collapsed stacks to PATH, top functions printed",
     )
     bench.add_argument("--json", type=Path, default=None, help="write the report as JSON (and a PNG chart next to it)")
     bench.add_argument("--chart", type=Path, default=None, help="write the chart here (default: next to --json)")

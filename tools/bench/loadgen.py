@@ -93,6 +93,10 @@ class Catalogue:
     scarce_sku: str | None = None  # never in stock: an order asking for it is only partly available
     # Stock per (warehouse, SKU) when the run began, for the invariant checker.
     warehouse_stock: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Plain orders of more than one line (`orders bench --sweep`): one line of each of the first
+    # ``lines_per_order`` of ``plain_skus`` (an order names each SKU once).
+    plain_skus: tuple[str, ...] = ()
+    lines_per_order: int = 1
 
     def lines(self, kind: str, rng: random.Random) -> list[dict]:
         """The items of an order of ``kind``."""
@@ -105,6 +109,12 @@ class Catalogue:
                 {"sku": self.cheap_sku, "quantity": rng.randint(1, 3)},
                 {"sku": self.scarce_sku, "quantity": rng.randint(1, 2)},
             ]
+        if self.lines_per_order > 1:
+            if len(self.plain_skus) < self.lines_per_order:
+                raise ValueError(
+                    f"{self.lines_per_order} lines per order need as many SKUs, the catalogue has {len(self.plain_skus)}"
+                )
+            return [{"sku": sku, "quantity": rng.randint(1, 3)} for sku in self.plain_skus[: self.lines_per_order]]
         return [{"sku": self.cheap_sku, "quantity": rng.randint(1, 3)}]
 
 
@@ -287,7 +297,8 @@ class LoadGenerator:
                             await self._one_order()
 
                     tasks.update(asyncio.create_task(loop()) for _ in range(concurrency or 1))
-                    await asyncio.sleep(max(0.0, load_end - time.monotonic()))
+                    # Until the end of the load phase, or sooner when max_orders were placed and ended.
+                    await asyncio.wait(set(tasks), timeout=max(0.0, load_end - time.monotonic()))
                 self.result.duration_s = time.monotonic() - self._t0
                 self._stop_submitting.set()
                 drain_started = time.monotonic()

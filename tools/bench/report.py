@@ -69,7 +69,7 @@ def format_report(report: dict) -> str:
     cost = report.get("temporal_per_completed_order")
     if cost and cost.get("sampled"):
         lines.append(
-            f"\nTemporal per completed order (histories of {cost['sampled']}): actions {cost['actions']}, history events {cost['history_events']} "
+            f"\nTemporal per completed order (histories of {cost['sampled']}): actions {cost['actions']}, history events {cost['history_events']}, history bytes {cost.get('history_bytes')} "
             f"(activities {cost['activities']}, retries {cost['activity_retries']}, local activities {cost['local_activities']} in {cost['local_activity_batches']} tasks, "
             f"timers {cost['timers']}, signals {cost['signals']}, updates {cost['updates']}, upserts {cost['upserts']}, workflow tasks {cost['workflow_tasks']})"
         )

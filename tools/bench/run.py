@@ -82,11 +82,15 @@ async def against_url(args: argparse.Namespace) -> dict:
     return await measure(args, None, url, settings, client, catalogue, None)
 
 
-async def prepare_catalogue(engine: AsyncEngine, settings: Settings, run_id: str) -> tuple[Catalogue, dict[str, int]]:
+async def prepare_catalogue(
+    engine: AsyncEngine, settings: Settings, run_id: str, plain_skus: int = 1
+) -> tuple[Catalogue, dict[str, int]]:
     """The SKUs of this run, in the default warehouse unless said otherwise: a cheap one and one at
     the review threshold with plenty of stock; two held by one warehouse each (the default one and
     a second warehouse of this run), so an order of both ships twice; and one never in stock, so an
-    order asking for it is only partly available (whatever the run's length, it never runs dry)."""
+    order asking for it is only partly available (whatever the run's length, it never runs dry).
+    With ``plain_skus`` > 1, that many cheap SKUs in all (the cheap one first), for orders of as
+    many lines."""
     cheap, expensive = f"BENCH-{run_id}-MUG", f"BENCH-{run_id}-SOFA"
     near, far, scarce = f"BENCH-{run_id}-LAMP", f"BENCH-{run_id}-RUG", f"BENCH-{run_id}-VASE"
     second = f"BENCH-{run_id}-WH2"
@@ -100,6 +104,8 @@ async def prepare_catalogue(engine: AsyncEngine, settings: Settings, run_id: str
         far: {second: BENCH_STOCK},
         scarce: {DEFAULT_WAREHOUSE: 0},
     }
+    plain = [cheap] + [f"BENCH-{run_id}-P{n:02d}" for n in range(1, plain_skus)]
+    spread |= {sku: {DEFAULT_WAREHOUSE: BENCH_STOCK} for sku in plain[1:]}
     await upsert_products(
         engine,
         [
@@ -108,11 +114,19 @@ async def prepare_catalogue(engine: AsyncEngine, settings: Settings, run_id: str
             (near, "bench lamp", CHEAP_PRICE, BENCH_STOCK),
             (far, "bench rug", CHEAP_PRICE, BENCH_STOCK),
             (scarce, "bench vase", CHEAP_PRICE, 0),
+            *[(sku, f"bench item {sku[-3:]}", CHEAP_PRICE, BENCH_STOCK) for sku in plain[1:]],
         ],
         stock=spread,
     )
     per_place = {(warehouse, sku): qty for sku, places in spread.items() for warehouse, qty in places.items()}
-    catalogue = Catalogue(cheap, expensive, split_skus=(near, far), scarce_sku=scarce, warehouse_stock=per_place)
+    catalogue = Catalogue(
+        cheap,
+        expensive,
+        split_skus=(near, far),
+        scarce_sku=scarce,
+        warehouse_stock=per_place,
+        plain_skus=tuple(plain),
+    )
     return catalogue, {sku: sum(places.values()) for sku, places in spread.items()}
 
 
@@ -157,13 +171,16 @@ async def run_load(
     duration: float | None = None,
     run_id: str | None = None,
     extra=None,
+    mix: Mix | None = None,
+    max_orders: int | None = None,
 ) -> LoadResult:
-    """One load phase with the mix and client behaviour of ``args``."""
+    """One load phase with the mix (unless ``mix`` is given) and client behaviour of ``args``."""
     generator = LoadGenerator(
         url,
         settings,
         catalogue,
-        mix=Mix(
+        mix=mix
+        or Mix(
             decline=args.decline,
             cancel=args.cancel,
             expensive=args.expensive,
@@ -182,7 +199,7 @@ async def run_load(
         duration_s=duration or args.duration,
         rate=rate,
         concurrency=concurrency,
-        max_orders=args.max_orders,
+        max_orders=max_orders or args.max_orders,
         drain_timeout_s=args.drain_timeout,
         extra=extra,
     )

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import History
 from temporalio.client import Client
 
 from core.domain import order_workflow_id
@@ -70,13 +71,20 @@ def count_actions(events) -> dict[str, int]:
     }
 
 
+def history_bytes(events) -> int:
+    """The size of a history as the server hands it out: the serialized ``History`` message of its
+    events (payloads as stored, i.e. encrypted by the codec), what a capacity estimate of Temporal's
+    persistence starts from (the server's own rows add indexes and per-event overhead)."""
+    return History(events=list(events)).ByteSize()
+
+
 async def temporal_cost(client: Client, order_ids: list[str], sample: int) -> dict[str, Any]:
-    """Mean actions and history events per completed order, from a sample of histories."""
+    """Mean actions, history events and history bytes per completed order, from a sample of histories."""
     chosen = order_ids[:sample]
     counts = []
     for order_id in chosen:
         history = await client.get_workflow_handle(order_workflow_id(order_id)).fetch_history()
-        counts.append(count_actions(history.events))
+        counts.append(count_actions(history.events) | {"history_bytes": history_bytes(history.events)})
     if not counts:
         return {"sampled": 0}
     return {"sampled": len(counts), **{key: round(statistics.mean(c[key] for c in counts), 2) for key in counts[0]}}
