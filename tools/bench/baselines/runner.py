@@ -4,11 +4,13 @@ until it is ready, drive it in a closed loop for a while, stop it, and return it
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import sys
 import time
 import uuid
 from collections import Counter
 from dataclasses import asdict
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from temporalio.client import Client
@@ -119,4 +121,110 @@ async def direct_baseline(stack: BenchStack, catalogue: Catalogue, *, concurrenc
         "completed_per_s": round(len(latencies) / elapsed, 2),
         "latency_ms": {"p50": ms(percentile(latencies, 0.5)), "p99": ms(percentile(latencies, 0.99))},
         "http_statuses": {str(k): v for k, v in statuses.items()},
+    }
+
+
+#: What `orders bench` says, in one line, when baseline (c) cannot run.
+DBOS_MISSING = (
+    "DBOS is not installed: baseline (c) skipped; install it with "
+    "`pip install 'orders-tools[dbos]'` (in a checkout: `.venv/bin/pip install -e './tools[dbos]'`)"
+)
+
+
+def dbos_installed() -> bool:
+    return importlib.util.find_spec("dbos") is not None
+
+
+def dbos_system_database_url(database_url: str) -> str:
+    """DBOS's system database: ``<the platform's database>_dbos`` on the same server (DBOS creates
+    it on first launch), as the plain ``postgresql://`` URL its driver (psycopg) takes."""
+    parts = urlsplit(database_url)
+    return urlunsplit(parts._replace(scheme="postgresql", path=f"{parts.path}_dbos"))
+
+
+async def dbos_baseline(stack: BenchStack, catalogue: Catalogue, *, concurrency: int, duration: float) -> dict:
+    """Baseline (c): orders of the cheap SKU through the same flow on DBOS, each submitted (202) and
+    then awaited to its end (``completed`` after the carrier's ``delivered`` webhook); completed/s,
+    latency and CPU per completed order. The sandbox is restarted with its carrier webhook pointed
+    at the DBOS application for the run, and back at the gateway afterwards."""
+    assert stack.settings is not None and stack.sandbox is not None
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = ManagedProcess(
+        "dbos",
+        [
+            sys.executable,
+            "-m",
+            "bench.baselines.dbos_flow",
+            "--port",
+            str(port),
+            "--system-database-url",
+            dbos_system_database_url(stack.settings.database_url or ""),
+        ],
+        settings_env(stack.settings),
+        stack.logs / "dbos.log",
+        cwd=ROOT,
+        ready_url=f"{url}/healthz",
+        ready_timeout=60,
+    )
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    outcomes: Counter = Counter()
+    await asyncio.to_thread(process.start)
+    try:
+        await asyncio.to_thread(process.wait_ready)
+        await asyncio.to_thread(stack.restart_sandbox, sandbox_carrier_webhook_url=f"{url}/dbos/carrier/events")
+
+        def cpu() -> dict[str, float]:
+            assert process.pid is not None and stack.sandbox is not None and stack.sandbox.pid is not None
+            found = {"dbos app": tree_cpu_seconds(process.pid), "sandbox": tree_cpu_seconds(stack.sandbox.pid)}
+            if stack.postgres is not None and stack.postgres.pid:
+                found["postgres"] = tree_cpu_seconds(stack.postgres.pid)
+            found["load generator"] = own_cpu_seconds()
+            return found
+
+        run = uuid.uuid4().hex[:8]
+        counter = 0
+        end = time.monotonic() + duration
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+
+            async def loop() -> None:
+                nonlocal counter
+                while time.monotonic() < end:
+                    counter += 1
+                    started = time.monotonic()
+                    try:
+                        response = await http.post(
+                            "/dbos/orders",
+                            json={"sku": catalogue.cheap_sku, "quantity": 1, "shipping_address": ADDRESS},
+                            headers={"Idempotency-Key": f"bench-{run}-{counter}"},
+                        )
+                        statuses[response.status_code] += 1
+                        if response.status_code != 202:
+                            continue
+                        order_id = response.json()["id"]
+                        ended = await http.get(f"/dbos/orders/{order_id}/result")
+                        status = ended.json().get("status") if ended.status_code == 200 else f"HTTP {ended.status_code}"
+                        outcomes[status] += 1
+                        if status == "completed":
+                            latencies.append(time.monotonic() - started)
+                    except httpx.HTTPError:
+                        statuses["no answer"] += 1
+
+            before, began = cpu(), time.monotonic()
+            await asyncio.gather(*(loop() for _ in range(concurrency)))
+            elapsed = time.monotonic() - began
+            usage = cpu_per_unit(before, cpu(), len(latencies), elapsed)
+    finally:
+        await asyncio.to_thread(process.stop)
+        await asyncio.to_thread(stack.restart_sandbox)
+    return {
+        "concurrency": concurrency,
+        "completed": len(latencies),
+        "elapsed_s": round(elapsed, 2),
+        "completed_per_s": round(len(latencies) / elapsed, 2),
+        "latency_ms": {"p50": ms(percentile(latencies, 0.5)), "p99": ms(percentile(latencies, 0.99))},
+        "http_statuses": {str(k): v for k, v in statuses.items()},
+        "outcomes": dict(outcomes),
+        "cpu": usage,
     }
