@@ -9,6 +9,8 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from urllib.parse import urlsplit, urlunsplit
 
@@ -142,12 +144,12 @@ def dbos_system_database_url(database_url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql", path=f"{parts.path}_dbos"))
 
 
-async def dbos_baseline(stack: BenchStack, catalogue: Catalogue, *, concurrency: int, duration: float) -> dict:
-    """Baseline (c): orders of the cheap SKU through the same flow on DBOS, each submitted (202) and
-    then awaited to its end (``completed`` after the carrier's ``delivered`` webhook); completed/s,
-    latency and CPU per completed order. The sandbox is restarted with its carrier webhook pointed
-    at the DBOS application for the run, and back at the gateway afterwards."""
-    assert stack.settings is not None and stack.sandbox is not None
+@asynccontextmanager
+async def dbos_app(stack: BenchStack) -> AsyncIterator[tuple[ManagedProcess, str]]:
+    """The DBOS application of baseline (c) running on the stack's PostgreSQL, with the sandbox's
+    carrier webhook pointed at it; on leaving, it is stopped and the sandbox posts to the gateway
+    again. Yields the process and the URL it listens at."""
+    assert stack.settings is not None
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = ManagedProcess(
@@ -167,13 +169,25 @@ async def dbos_baseline(stack: BenchStack, catalogue: Catalogue, *, concurrency:
         ready_url=f"{url}/healthz",
         ready_timeout=60,
     )
-    latencies: list[float] = []
-    statuses: Counter = Counter()
-    outcomes: Counter = Counter()
     await asyncio.to_thread(process.start)
     try:
         await asyncio.to_thread(process.wait_ready)
         await asyncio.to_thread(stack.restart_sandbox, sandbox_carrier_webhook_url=f"{url}/dbos/carrier/events")
+        yield process, url
+    finally:
+        await asyncio.to_thread(process.stop)
+        await asyncio.to_thread(stack.restart_sandbox)
+
+
+async def dbos_baseline(stack: BenchStack, catalogue: Catalogue, *, concurrency: int, duration: float) -> dict:
+    """Baseline (c): orders of the cheap SKU through the same flow on DBOS, each submitted (202) and
+    then awaited to its end (``completed`` after the carrier's ``delivered`` webhook); completed/s,
+    latency and CPU per completed order (the DBOS application, PostgreSQL, and apart the sandbox and
+    the load generator)."""
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    outcomes: Counter = Counter()
+    async with dbos_app(stack) as (process, url):
 
         def cpu() -> dict[str, float]:
             assert process.pid is not None and stack.sandbox is not None and stack.sandbox.pid is not None
@@ -215,9 +229,6 @@ async def dbos_baseline(stack: BenchStack, catalogue: Catalogue, *, concurrency:
             await asyncio.gather(*(loop() for _ in range(concurrency)))
             elapsed = time.monotonic() - began
             usage = cpu_per_unit(before, cpu(), len(latencies), elapsed)
-    finally:
-        await asyncio.to_thread(process.stop)
-        await asyncio.to_thread(stack.restart_sandbox)
     return {
         "concurrency": concurrency,
         "completed": len(latencies),
