@@ -307,6 +307,7 @@ def test_without_the_dbos_extra_the_bench_says_how_to_install_it_and_skips_basel
 
 
 def test_platform_over_dbos_compares_throughput_and_own_cpu_without_sandbox_and_callers(monkeypatch, tmp_path):
+    from bench.measure.resources import own_cpu_ms
     from bench.report import format_report, write_chart
 
     dbos = _baseline_figures(10.0, {"dbos app": 80.0, "postgres": 20.0, "sandbox": 50.0, "load generator": 5.0})
@@ -319,6 +320,8 @@ def test_platform_over_dbos_compares_throughput_and_own_cpu_without_sandbox_and_
     text = format_report(_baselines_only(report))
     assert "DBOS, the same flow to delivery: 10.0 completed orders/s" in text
     assert "CPU per DBOS order: 155.0 ms (dbos app 80.0, postgres 20.0, sandbox 50.0, load generator 5.0)" in text
+    assert "own CPU per order (sandbox and load generator apart): platform None ms, DBOS 100.0 ms" in text
+    assert own_cpu_ms(report["platform"]["cpu"]) == 260.0
     report["platform"]["timeline"] = [{"t": 0, "accepted": 1, "ended": 1, "submit_p50_ms": 1, "submit_p99_ms": 2}]
     report["platform"]["mode"] = "closed loop"
     report["platform"]["summary"]["duration_s"] = 1

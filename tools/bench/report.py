@@ -105,6 +105,10 @@ def format_report(report: dict) -> str:
                 )
                 if c.get("cpu"):
                     lines.append(_cpu_line("CPU per DBOS order", c["cpu"]))
+                    platform_own = own_cpu_ms((report.get("platform") or {}).get("cpu"))
+                    lines.append(
+                        f"own CPU per order (sandbox and load generator apart): platform {platform_own} ms, DBOS {own_cpu_ms(c['cpu'])} ms"
+                    )
         for key, value in (report.get("ratios") or {}).items():
             lines.append(f"{key}: {value}")
     rss = report.get("rss_mb")

@@ -249,12 +249,12 @@ class DbosOrder(BaseModel):
     payment_token: str = "tok_ok"
 
 
-def dbos_config(system_database_url: str, pool_size: int) -> DBOSConfig:
-    """Local only: no Conductor, no OTLP export (nothing leaves the machine)."""
+def dbos_config(system_database_url: str) -> DBOSConfig:
+    """DBOS's defaults (system database pool and all), local only: no Conductor, no OTLP export
+    (nothing leaves the machine)."""
     return {
         "name": "orders-dbos-baseline",
         "system_database_url": system_database_url,
-        "sys_db_pool_size": pool_size,
         "enable_otlp": False,
         "log_level": "WARNING",
         "application_version": "bench",
@@ -276,7 +276,7 @@ def create_app(settings: Settings, system_database_url: str) -> FastAPI:
             deps.shipping = ShippingActivities(http, settings.carrier_base_url)
             app.state.catalog = Catalog(engine)
             app.state.engine = engine
-            DBOS(config=dbos_config(system_database_url, settings.database_pool_size))
+            DBOS(config=dbos_config(system_database_url))
             DBOS.launch()  # recovers this executor's unfinished workflows, then serves
             try:
                 yield
