@@ -35,9 +35,10 @@ from core.webhooks import SIGNATURE_HEADER, sign_webhook
 from sandbox.tables import shipments
 
 
-@pytest.fixture
-async def stack(tmp_path):
-    stack = BenchStack(StackOptions(data_dir=tmp_path / "stack"))
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory):
+    """One stack for the module (each test has SKUs of its own, so neither sees the other's orders)."""
+    stack = BenchStack(StackOptions(data_dir=tmp_path_factory.mktemp("dbos") / "stack"))
     await asyncio.to_thread(stack.start)
     try:
         yield stack
@@ -79,7 +80,8 @@ async def test_dbos_baseline_orders_really_complete_with_one_capture_and_stock_d
         assert figures["cpu"]["cpu_ms_per_unit"]["dbos app"] > 0 and figures["cpu"]["cpu_ms_per_unit"]["postgres"] > 0
 
         async with engine.connect() as conn:
-            rows = (await conn.execute(select(orders).where(orders.c.customer_id == CUSTOMER))).mappings().all()
+            mine = (orders.c.customer_id == CUSTOMER) & (orders.c.view["items"][0]["sku"].astext == catalogue.cheap_sku)
+            rows = (await conn.execute(select(orders).where(mine))).mappings().all()
             ids = [row["id"] for row in rows]
             events = (
                 await conn.execute(
@@ -188,7 +190,13 @@ async def test_dbos_flow_refuses_like_the_platform_and_hands_the_webhook_back(st
 
         async with engine.connect() as conn:
             views = dict(
-                (await conn.execute(select(orders.c.id, orders.c.view).where(orders.c.customer_id == CUSTOMER))).all()
+                (
+                    await conn.execute(
+                        select(orders.c.id, orders.c.view).where(
+                            orders.c.id.in_([uuid.UUID(declined), uuid.UUID(scarce), uuid.UUID(first)])
+                        )
+                    )
+                ).all()
             )
             held = dict(
                 (
