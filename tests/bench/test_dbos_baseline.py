@@ -77,6 +77,7 @@ async def test_dbos_baseline_orders_really_complete_with_one_capture_and_stock_d
         n = figures["completed"]
         assert n >= 4, figures
         assert figures["outcomes"] == {"completed": n} and figures["http_statuses"] == {"202": n}
+        assert figures["transactions_per_order"]["DBOS system database"] > 0
         assert figures["cpu"]["cpu_ms_per_unit"]["dbos app"] > 0 and figures["cpu"]["cpu_ms_per_unit"]["postgres"] > 0
 
         async with engine.connect() as conn:

@@ -109,6 +109,12 @@ def format_report(report: dict) -> str:
                     lines.append(
                         f"own CPU per order (sandbox and load generator apart): platform {platform_own} ms, DBOS {own_cpu_ms(c['cpu'])} ms"
                     )
+                if c.get("transactions_per_order"):
+                    lines.append(
+                        "PostgreSQL transactions per DBOS order (idle rate taken off): "
+                        + ", ".join(f"{name} {count}" for name, count in c["transactions_per_order"].items())
+                        + f"; idle per s {c.get('idle_transactions_per_s')}"
+                    )
         for key, value in (report.get("ratios") or {}).items():
             lines.append(f"{key}: {value}")
     rss = report.get("rss_mb")

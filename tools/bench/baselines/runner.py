@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 from temporalio.client import Client
 
@@ -225,10 +226,23 @@ async def dbos_baseline(stack: BenchStack, catalogue: Catalogue, *, concurrency:
                     except httpx.HTTPError:
                         statuses["no answer"] += 1
 
+            # The idle rate first (DBOS's background threads and the sandbox poll the databases),
+            # taken off the run's count so that what is left is the orders' own transactions.
+            database_url = stack.settings.database_url or ""
+            idle_from, idle_began = await database_commits(database_url), time.monotonic()
+            await asyncio.sleep(IDLE_SAMPLE_S)
+            commits_before, idle_s = await database_commits(database_url), time.monotonic() - idle_began
+            idle = {name: (count - idle_from.get(name, 0)) / idle_s for name, count in commits_before.items()}
             before, began = cpu(), time.monotonic()
             await asyncio.gather(*(loop() for _ in range(concurrency)))
             elapsed = time.monotonic() - began
             usage = cpu_per_unit(before, cpu(), len(latencies), elapsed)
+            await asyncio.sleep(STATS_FLUSH_S)
+            counted_s = time.monotonic() - began
+            commits = {
+                name: count - commits_before.get(name, 0) - idle.get(name, 0.0) * counted_s
+                for name, count in (await database_commits(database_url)).items()
+            }
     return {
         "concurrency": concurrency,
         "completed": len(latencies),
@@ -238,4 +252,30 @@ async def dbos_baseline(stack: BenchStack, catalogue: Catalogue, *, concurrency:
         "http_statuses": {str(k): v for k, v in statuses.items()},
         "outcomes": dict(outcomes),
         "cpu": usage,
+        # Transactions PostgreSQL counted in each database meanwhile, less the idle rate, per
+        # completed order (the orders database holds the sandbox's tables too).
+        "transactions_per_order": {
+            name: round(count / len(latencies), 1) if latencies else None for name, count in commits.items()
+        },
+        "idle_transactions_per_s": {name: round(rate, 1) for name, rate in idle.items()},
     }
+
+
+#: PostgreSQL backends report their counters to pg_stat_database at most once a second.
+STATS_FLUSH_S = 1.5
+#: Seconds of an idle DBOS application (and sandbox) whose transactions give the background rate.
+IDLE_SAMPLE_S = 3.0
+
+
+async def database_commits(database_url: str) -> dict[str, int]:
+    """Committed transactions so far in the platform's database and in DBOS's system database."""
+    platform = urlsplit(database_url).path.lstrip("/")
+    names = {platform: "orders database", f"{platform}_dbos": "DBOS system database"}
+    conn = await asyncpg.connect(urlunsplit(urlsplit(database_url)._replace(scheme="postgresql")))
+    try:
+        rows = await conn.fetch(
+            "SELECT datname, xact_commit FROM pg_stat_database WHERE datname = ANY($1::text[])", list(names)
+        )
+    finally:
+        await conn.close()
+    return {names[row["datname"]]: row["xact_commit"] for row in rows}
