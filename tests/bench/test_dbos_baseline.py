@@ -154,8 +154,8 @@ async def test_dbos_flow_refuses_like_the_platform_and_hands_the_webhook_back(st
         catalogue, _ = await prepare_catalogue(engine, settings, uuid.uuid4().hex[:6])
         async with dbos_app(stack) as (_, url), httpx.AsyncClient(base_url=url, timeout=60) as http:
 
-            async def order(key: str, sku: str, token: str = "tok_ok") -> tuple[str, str]:
-                body = {"sku": sku, "quantity": 1, "shipping_address": ADDRESS, "payment_token": token}
+            async def order(key: str, sku: str, token: str = "tok_ok", address: dict = ADDRESS) -> tuple[str, str]:
+                body = {"sku": sku, "quantity": 1, "shipping_address": address, "payment_token": token}
                 placed = await http.post("/dbos/orders", json=body, headers={"Idempotency-Key": key})
                 assert placed.status_code == 202, placed.text
                 order_id = placed.json()["id"]
@@ -167,6 +167,7 @@ async def test_dbos_flow_refuses_like_the_platform_and_hands_the_webhook_back(st
             scarce, scarce_status = await order("scarce-1", catalogue.scarce_sku)
             first, first_status = await order("twice-1", catalogue.cheap_sku)
             again, again_status = await order("twice-1", catalogue.cheap_sku)  # the same Idempotency-Key
+            lost, lost_status = await order("lost-1", catalogue.cheap_sku, address={**ADDRESS, "postal_code": "99998"})
 
             # The webhook: a wrong signature is refused, an unknown parcel is 404 (the sandbox retries).
             raw = json.dumps(
@@ -185,7 +186,12 @@ async def test_dbos_flow_refuses_like_the_platform_and_hands_the_webhook_back(st
                 },
             )
 
-        assert (declined_status, scarce_status, first_status) == ("rejected", "rejected", "completed")
+        assert (declined_status, scarce_status, first_status, lost_status) == (
+            "rejected",
+            "rejected",
+            "completed",
+            "failed",
+        )
         assert (again, again_status) == (first, "completed")
         assert (wrong.status_code, unknown.status_code) == (401, 404)
 
@@ -194,7 +200,7 @@ async def test_dbos_flow_refuses_like_the_platform_and_hands_the_webhook_back(st
                 (
                     await conn.execute(
                         select(orders.c.id, orders.c.view).where(
-                            orders.c.id.in_([uuid.UUID(declined), uuid.UUID(scarce), uuid.UUID(first)])
+                            orders.c.id.in_([uuid.UUID(i) for i in (declined, scarce, first, lost)])
                         )
                     )
                 ).all()
@@ -212,15 +218,25 @@ async def test_dbos_flow_refuses_like_the_platform_and_hands_the_webhook_back(st
             declined: "payment_declined",
             scarce: "out_of_stock",
             first: None,
+            lost: "lost_in_transit",
         }
         assert held == {uuid.UUID(declined): "released", uuid.UUID(first): "committed"}
         ledger = await _ledger(stack)
-        mine = {a["id"]: a["order_id"] for a in ledger["authorizations"] if a["order_id"] in {declined, scarce, first}}
+        mine = {
+            a["id"]: a["order_id"] for a in ledger["authorizations"] if a["order_id"] in {declined, scarce, first, lost}
+        }
         # A decline leaves no authorization at the provider; out of stock never reached it.
-        assert list(mine.values()) == [first]
-        captured = [mine[m["authorization_id"]] for m in ledger["money_movements"] if m["authorization_id"] in mine]
-        assert captured == [first]  # one capture, of the completed order only
-        assert await _dbos_statuses(stack, [declined, scarce, first]) == Counter({"SUCCESS": 3})
+        assert sorted(mine.values()) == sorted([first, lost])
+        moved = sorted(
+            (mine[m["authorization_id"]], m["kind"], m["amount"])
+            for m in ledger["money_movements"]
+            if m["authorization_id"] in mine
+        )
+        # One capture of the completed order; the lost parcel's capture refunded in full.
+        assert moved == sorted(
+            [(first, "capture", CHEAP_PRICE), (lost, "capture", CHEAP_PRICE), (lost, "refund", CHEAP_PRICE)]
+        )
+        assert await _dbos_statuses(stack, [declined, scarce, first, lost]) == Counter({"SUCCESS": 4})
 
         # The sandbox posts to the gateway again: a platform order is delivered and completes.
         token = mint_token(settings, "after-dbos", "customer")

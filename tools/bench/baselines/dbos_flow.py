@@ -12,7 +12,7 @@ Happy path: received (written by the submit handler) -> reserve stock -> authori
 shipment -> capture -> commit the stock -> wait for ``delivered`` -> completed, projected to the
 read model at each transition as the platform's workflow does. A business refusal (out of stock,
 a decline, a refused shipment) releases what was held (void, release) and ends the order rejected
-or failed; a step whose retries run out ends the workflow in error without compensating (a
+or failed, a lost parcel is refunded; a step whose retries run out ends the workflow in error without compensating (a
 baseline of the happy path, not a second platform: no review, cancel, amend or split shipments).
 
 ``python -m bench.baselines.dbos_flow --port 8400 --system-database-url postgresql://...`` with the
@@ -139,6 +139,11 @@ async def void_payment(request: PaymentAction) -> None:
     await deps.payment.void_payment(request)
 
 
+@DBOS.step(name="refund_payment", **_STEP)
+async def refund_payment(request: PaymentAction) -> None:
+    await deps.payment.refund_payment(request)
+
+
 @DBOS.step(name="commit_stock", **_STEP)
 async def commit_stock(order_id: uuid.UUID) -> None:
     await deps.stock.commit_stock(StockRelease(order_id=order_id))
@@ -233,6 +238,7 @@ async def order_workflow(view: OrderView, payment_token: str) -> str:
     event = await DBOS.recv_async(TOPIC_CARRIER, timeout_seconds=deps.settings.delivery_deadline_s)
     if event is None or event["event"] != CarrierEventKind.DELIVERED.value:
         note = "no delivery by the deadline" if event is None else "carrier reported the parcel lost"
+        await refund_payment(payment("refund"))  # the goods left and never arrived: the money goes back
         await order.transition(OrderStatus.FAILED, reason=FailureReason.LOST_IN_TRANSIT, note=note)
         return order.view.status.value
     order.view.carrier_events.append(
