@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml tools/pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[test]' -e './tools[bench]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[test]' -e './tools[bench,dbos]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -39,7 +39,7 @@ lock: $(STAMP)
 	$(BIN)/pip-compile --quiet --strip-extras --no-header --annotation-style=line \
 		pyproject.toml -o requirements/production.txt
 	$(BIN)/pip-compile --quiet --strip-extras --no-header --annotation-style=line \
-		--extra test --extra bench pyproject.toml tools/pyproject.toml -o $(LOCK)
+		--extra test --extra bench --extra dbos pyproject.toml tools/pyproject.toml -o $(LOCK)
 
 # Chromium (apt) and playwright-core (npm) for tests/browser; where they cannot be installed the
 # browser test skips and says why, so a failure here does not stop the suite.

@@ -262,3 +262,87 @@ def test_completed_orders_are_grouped_by_fulfilment_kind_for_the_temporal_cost()
         OrderOutcome("expensive", "k6", "c", 0, **{**done, "order_id": "f"}),
     ]
     assert completed_by_kind(result) == {"single": ["a"], "split": ["b"], "amended": ["c"]}
+
+
+def _baseline_figures(rate: float, cpu: dict[str, float] | None = None) -> dict:
+    figures = {"completed_per_s": rate, "latency_ms": {"p50": 1.0, "p99": 2.0}, "shape": {}}
+    if cpu is not None:
+        figures["cpu"] = {"cpu_ms_per_unit": cpu, "cpu_ms_per_unit_total": sum(cpu.values()), "machine_busy": 0.5}
+    return figures
+
+
+def _run_baselines(monkeypatch, *, dbos: dict | None) -> dict:
+    """bench.run._baselines with the three baselines standing in (their own tests drive them on
+    real servers): whatever the baselines measure, this is what the report makes of it."""
+    import argparse
+    import asyncio
+
+    from bench import run
+
+    async def bare(*args, **kwargs):
+        return _baseline_figures(8.0, {"temporal": 70.0, "bare worker": 50.0, "load generator": 4.0})
+
+    async def direct(*args, **kwargs):
+        return _baseline_figures(20.0)
+
+    async def on_dbos(*args, **kwargs):
+        assert dbos is not None
+        return dbos
+
+    monkeypatch.setattr(run, "bare_engine_baseline", bare)
+    monkeypatch.setattr(run, "direct_baseline", direct)
+    monkeypatch.setattr(run, "dbos_baseline", on_dbos)
+    monkeypatch.setattr(run, "dbos_installed", lambda: dbos is not None)
+    args = argparse.Namespace(concurrency=8, rate=None, duration=10.0, baseline_duration=5.0, dbos=True)
+    platform_cpu = {"api": 50.0, "worker-1": 100.0, "temporal": 100.0, "postgres": 10.0, "sandbox": 60.0}
+    report = {
+        "temporal_per_completed_order": {"sampled": 0},
+        "platform": {
+            "summary": {"throughput_ended_per_s": 4.0},
+            "cpu": {
+                "cpu_ms_per_unit": {**platform_cpu, "load generator": 50.0},
+                "cpu_ms_per_unit_total": 370.0,
+                "machine_busy": 0.9,
+            },
+        },
+    }
+    asyncio.run(run._baselines(args, None, None, None, report))  # type: ignore[arg-type]
+    return report
+
+
+def _baselines_only(report: dict) -> dict:
+    return {key: value for key, value in report.items() if key != "platform"}
+
+
+def test_without_the_dbos_extra_the_bench_says_how_to_install_it_and_skips_baseline_c(monkeypatch, capsys):
+    from bench.report import format_report
+
+    report = _run_baselines(monkeypatch, dbos=None)
+    said = [line for line in capsys.readouterr().err.splitlines() if "dbos" in line.lower()]
+    assert len(said) == 1 and "pip install 'orders-tools[dbos]'" in said[0], said
+    assert "skipped" in report["baselines"]["dbos"]
+    assert not [key for key in report["ratios"] if "dbos" in key]
+    assert "DBOS: skipped (DBOS is not installed" in format_report(_baselines_only(report))
+    assert report["ratios"]["platform/bare_engine (ended orders per s / workflows per s)"] == 0.5
+
+
+def test_platform_over_dbos_compares_throughput_and_own_cpu_without_sandbox_and_callers(monkeypatch, tmp_path):
+    from bench.measure.resources import own_cpu_ms
+    from bench.report import format_report, write_chart
+
+    dbos = _baseline_figures(10.0, {"dbos app": 80.0, "postgres": 20.0, "sandbox": 50.0, "load generator": 5.0})
+    dbos |= {"outcomes": {"completed": 50}, "http_statuses": {"202": 50}}
+    report = _run_baselines(monkeypatch, dbos=dbos)
+    ratios = report["ratios"]
+    assert ratios["platform/dbos (ended orders per s / completed orders per s)"] == 0.4
+    # Own CPU: platform 50 + 100 + 100 + 10 = 260 ms, DBOS 80 + 20 = 100 ms (sandbox, load generator apart).
+    assert ratios["platform/dbos own CPU per order (ms per ended order / ms per completed order)"] == 2.6
+    text = format_report(_baselines_only(report))
+    assert "DBOS, the same flow to delivery: 10.0 completed orders/s" in text
+    assert "CPU per DBOS order: 155.0 ms (dbos app 80.0, postgres 20.0, sandbox 50.0, load generator 5.0)" in text
+    assert "own CPU per order (sandbox and load generator apart): platform None ms, DBOS 100.0 ms" in text
+    assert own_cpu_ms(report["platform"]["cpu"]) == 260.0
+    report["platform"]["timeline"] = [{"t": 0, "accepted": 1, "ended": 1, "submit_p50_ms": 1, "submit_p99_ms": 2}]
+    report["platform"]["mode"] = "closed loop"
+    report["platform"]["summary"]["duration_s"] = 1
+    assert write_chart(report, tmp_path / "chart.png") and (tmp_path / "chart.png").stat().st_size > 0

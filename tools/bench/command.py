@@ -1,4 +1,4 @@
-"""`orders bench`: measured throughput, latency and Temporal cost per order, against two baselines.
+"""`orders bench`: measured throughput, latency and Temporal cost per order, against three baselines.
 
 By default it starts its own platform in a temporary folder (PostgreSQL, Temporal dev server with
 file persistence, sandbox, worker(s), API — all child processes, see :mod:`bench.stack`), drives the
@@ -7,7 +7,10 @@ public HTTP API with a realistic mix (:mod:`bench.loadgen`), then, on the same s
 * (a) the bare engine: a workflow with the same number of activities, local activities and signals
   as an average completed order, doing no I/O (:mod:`bench.baselines.bare_engine`);
 * (b) the direct implementation: one FastAPI handler doing the same stock, payment and shipping
-  calls in line (:mod:`bench.baselines.direct_handler`).
+  calls in line (:mod:`bench.baselines.direct_handler`);
+* (c) a peer engine: the same order flow as a durable workflow on DBOS, checkpointed in the same
+  PostgreSQL, waiting for the carrier's webhook like an order (:mod:`bench.baselines.dbos_flow`;
+  needs ``orders-tools[dbos]``, skipped with a one-line message without it).
 
 ``--url http://127.0.0.1:8000`` drives a running `orders dev` instead (no baselines then).
 Temporal actions per completed order are counted from the histories of a sample of completed
@@ -255,6 +258,12 @@ def register(subparsers) -> None:
     )
     bench.add_argument(
         "--no-baselines", dest="baselines", action="store_false", help="skip the bare-engine and direct baselines"
+    )
+    bench.add_argument(
+        "--no-dbos",
+        dest="dbos",
+        action="store_false",
+        help="skip baseline (c), the same flow on DBOS (skipped anyway when the dbos extra is not installed)",
     )
     bench.add_argument("--baseline-duration", type=float, default=20.0, help="seconds per baseline (default 20)")
     bench.add_argument(

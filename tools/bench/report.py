@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.measure.resources import own_cpu_ms
+
 
 def format_report(report: dict) -> str:
     """The report as text: each load phase, Temporal cost, baselines, memory and the invariants."""
@@ -97,6 +99,27 @@ def format_report(report: dict) -> str:
             lines.append(
                 f"direct handler: {d['completed_per_s']} orders/s, p50 {d['latency_ms']['p50']} ms, p99 {d['latency_ms']['p99']} ms"
             )
+        if "dbos" in base:
+            c = base["dbos"]
+            if "skipped" in c:
+                lines.append(f"DBOS: skipped ({c['skipped']})")
+            else:
+                lines.append(
+                    f"DBOS, the same flow to delivery: {c['completed_per_s']} completed orders/s, p50 {c['latency_ms']['p50']} ms, "
+                    f"p99 {c['latency_ms']['p99']} ms, outcomes {c['outcomes']}, HTTP statuses {c['http_statuses']}"
+                )
+                if c.get("cpu"):
+                    lines.append(_cpu_line("CPU per DBOS order", c["cpu"]))
+                    platform_own = own_cpu_ms((report.get("platform") or {}).get("cpu"))
+                    lines.append(
+                        f"own CPU per order (sandbox and load generator apart): platform {platform_own} ms, DBOS {own_cpu_ms(c['cpu'])} ms"
+                    )
+                if c.get("transactions_per_order"):
+                    lines.append(
+                        "PostgreSQL transactions per DBOS order (idle rate taken off): "
+                        + ", ".join(f"{name} {count}" for name, count in c["transactions_per_order"].items())
+                        + f"; idle per s {c.get('idle_transactions_per_s')}"
+                    )
         for key, value in (report.get("ratios") or {}).items():
             lines.append(f"{key}: {value}")
     rss = report.get("rss_mb")
@@ -124,7 +147,9 @@ def write_chart(report: dict, path: Path) -> bool:
     except ImportError:
         return False
     runs = [(name, report[name]) for name in ("platform", "half_rate", "spike") if report.get(name)]
-    fig, axes = plt.subplots(2, len(runs), figsize=(6 * len(runs), 6), squeeze=False, sharex="col")
+    side_by_side = _side_by_side(report)
+    columns = len(runs) + (1 if side_by_side else 0)
+    fig, axes = plt.subplots(2, columns, figsize=(6 * columns, 6), squeeze=False)
     for column, (name, run) in enumerate(runs):
         rows = run["timeline"]
         t = [r["t"] for r in rows]
@@ -146,8 +171,47 @@ def write_chart(report: dict, path: Path) -> bool:
         lat_ax.set_ylabel("POST /v1/orders latency (ms)")
         lat_ax.set_xlabel("seconds")
         lat_ax.legend(fontsize=8)
+    if side_by_side:
+        rate_ax, cpu_ax = axes[0][-1], axes[1][-1]
+        rates = {name: rate for name, (rate, _) in side_by_side.items() if rate is not None}
+        cpus = {name: cpu for name, (_, cpu) in side_by_side.items() if cpu is not None}
+        rate_ax.bar(list(rates), list(rates.values()), color="tab:blue")
+        rate_ax.set_title("side by side in this run (closed loop, same concurrency)", fontsize=9)
+        rate_ax.set_ylabel("orders (workflows) per second")
+        cpu_ax.bar(list(cpus), list(cpus.values()), color="tab:orange")
+        cpu_ax.set_title("own CPU per order: sandbox and load generator apart", fontsize=9)
+        cpu_ax.set_ylabel("CPU ms per order")
+        for ax in (rate_ax, cpu_ax):
+            for bar in ax.patches:
+                ax.annotate(
+                    f"{bar.get_height():g}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
+
+
+def _side_by_side(report: dict) -> dict[str, tuple[float | None, float | None]]:
+    """(throughput, own CPU ms per order) of the platform and each baseline that ran; empty
+    without baselines."""
+    base = report.get("baselines") or {}
+    if not base or not report.get("platform"):
+        return {}
+    found = {
+        "platform": (
+            report["platform"]["summary"]["throughput_ended_per_s"],
+            own_cpu_ms(report["platform"].get("cpu")),
+        )
+    }
+    labels = {"bare_engine": "bare engine (a)", "direct": "direct (b)", "dbos": "DBOS (c)"}
+    for key, label in labels.items():
+        run = base.get(key)
+        if run and "skipped" not in run:
+            found[label] = (run["completed_per_s"], own_cpu_ms(run.get("cpu")))
+    return found

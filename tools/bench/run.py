@@ -21,14 +21,20 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
-from bench.baselines.runner import bare_engine_baseline, direct_baseline
+from bench.baselines.runner import (
+    DBOS_MISSING,
+    bare_engine_baseline,
+    dbos_baseline,
+    dbos_installed,
+    direct_baseline,
+)
 from bench.invariants import InvariantChecker, InvariantReport
 from bench.loadgen import Catalogue, LoadGenerator, LoadResult, Mix, require_loopback, status_printer
 from bench.measure.gateway import gateway_answer_times, subtract
 from bench.measure.kernel import kernel_tcp_counters, subtract_counters
 from bench.measure.load import summarize, timeline
 from bench.measure.providers import provider_call_peaks
-from bench.measure.resources import cpu_per_unit
+from bench.measure.resources import cpu_per_unit, own_cpu_ms
 from bench.measure.temporal import temporal_cost
 from bench.stack import BenchStack, StackOptions
 from core.config import Settings, get_settings
@@ -391,6 +397,16 @@ async def _baselines(
     say(f"baseline (b): direct handler, concurrency {concurrency}, {base_duration:.0f} s")
     direct = await direct_baseline(stack, catalogue, concurrency=concurrency, duration=base_duration)
     report["baselines"] = {"bare_engine": bare, "direct": direct}
+    if not getattr(args, "dbos", True):
+        report["baselines"]["dbos"] = {"skipped": "--no-dbos"}
+    elif dbos_installed():
+        say(f"baseline (c): the same flow on DBOS, concurrency {concurrency}, {base_duration:.0f} s")
+        report["baselines"]["dbos"] = await dbos_baseline(
+            stack, catalogue, concurrency=concurrency, duration=base_duration
+        )
+    else:
+        say(DBOS_MISSING)
+        report["baselines"]["dbos"] = {"skipped": DBOS_MISSING}
     if args.rate is not None:
         report["ratios"] = {
             "note": "open loop: throughput is the offered rate; run closed loop (--concurrency) for ratios"
@@ -405,3 +421,13 @@ async def _baselines(
         if direct["completed_per_s"]
         else None,
     }
+    dbos = report["baselines"]["dbos"]
+    if "skipped" not in dbos:
+        own = own_cpu_ms(report["platform"].get("cpu"))
+        dbos_own = own_cpu_ms(dbos.get("cpu"))
+        report["ratios"]["platform/dbos (ended orders per s / completed orders per s)"] = (
+            round(platform / dbos["completed_per_s"], 2) if dbos["completed_per_s"] else None
+        )
+        report["ratios"]["platform/dbos own CPU per order (ms per ended order / ms per completed order)"] = (
+            round(own / dbos_own, 2) if own and dbos_own else None
+        )

@@ -207,6 +207,24 @@ class BenchStack:
         time.sleep(down_s)
         self.postgres.start()
 
+    def restart_sandbox(self, **overrides: Any) -> None:
+        """Stop the sandbox and start it again on the same port and database, with these settings
+        changed (none: the stack's own), e.g. the carrier's webhook URL pointed at a baseline."""
+        assert self.settings is not None and self.sandbox is not None
+        self.sandbox.stop(grace=10)
+        settings = self.settings.model_copy(update=overrides)
+        self.sandbox = ManagedProcess(
+            "sandbox",
+            [sys.executable, "-m", "cli.main", "sandbox"],
+            settings_env(settings),
+            self.logs / "sandbox.log",
+            cwd=ROOT,
+            ready_timeout=60,
+            ready_url=f"{self.sandbox_url}/healthz",
+        )
+        self.sandbox.start()
+        self.sandbox.wait_ready()
+
     def set_faults(self, **faults: Any) -> dict:
         response = httpx.put(f"{self.sandbox_url}/sandbox/v1/faults", json=faults, timeout=10)
         response.raise_for_status()

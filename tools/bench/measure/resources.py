@@ -60,3 +60,14 @@ def cpu_per_unit(before: dict[str, float], after: dict[str, float], units: int, 
         "cpu_ms_per_unit_total": round(1000 * total / units, 1) if units else None,
         "machine_busy": round(total / elapsed_s / (os.cpu_count() or 1), 2) if elapsed_s else None,
     }
+
+
+#: Processes that stand for the outside world (providers, callers), reported apart from a system's own CPU.
+OUTSIDE = {"sandbox", "load generator"}
+
+
+def own_cpu_ms(cpu: dict | None) -> float | None:
+    """CPU milliseconds per unit of a system's own processes (all but the sandbox and the load generator)."""
+    if not cpu or cpu.get("cpu_ms_per_unit_total") is None:
+        return None
+    return round(sum(v for k, v in cpu["cpu_ms_per_unit"].items() if k not in OUTSIDE and v is not None), 1)
