@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, exists, func, select, update
+from sqlalchemy import Integer, Interval, and_, bindparam, delete, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -140,24 +140,25 @@ def _expired(grace: timedelta):
     return idempotency_keys.c.expires_at < func.now() - grace
 
 
-def _delete_batch(grace: timedelta, batch_size: int):
-    """One batch: lock up to ``batch_size`` of the oldest expired records that nobody else holds,
-    and delete exactly those, by primary key."""
-    c = idempotency_keys.c
-    doomed = (
-        select(c.customer_id, c.route, c.key)
-        .where(_expired(grace))
-        .order_by(c.expires_at)
-        .limit(batch_size)
-        .with_for_update(skip_locked=True)
-        .cte("doomed")
-    )
-    return delete(idempotency_keys).where(
-        c.customer_id == doomed.c.customer_id,
-        c.route == doomed.c.route,
-        c.key == doomed.c.key,
-        _expired(grace),
-    )
+# One batch: lock up to :batch_size of the oldest expired records that nobody else holds (found by
+# the expires_at index), and delete exactly those. By ctid: `ctid = ANY(ARRAY(...))` is always a
+# TID scan, whereas a join back on the primary key lets the planner pick a hash join over the whole
+# table for large batches (measured: a sequential scan of 400,000 rows for a batch of 5,000,
+# docs/notes/keysweep.md). The rows are locked by the same statement, so nobody can update or
+# delete them (or move their ctids) before the delete. No second expiry condition on the outer
+# DELETE: the planner would then look the rows up by the expires_at index and filter on ctid,
+# visiting every expired row per batch.
+_DELETE_BATCH = text(
+    """
+    DELETE FROM idempotency_keys
+    WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM idempotency_keys
+            WHERE expires_at < now() - :grace
+            ORDER BY expires_at
+            LIMIT :batch_size
+            FOR UPDATE SKIP LOCKED))
+    """
+).bindparams(bindparam("grace", type_=Interval()), bindparam("batch_size", type_=Integer()))
 
 
 async def count_expired_keys(engine: AsyncEngine, *, grace: timedelta) -> int:
@@ -189,7 +190,7 @@ async def sweep_expired_keys(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    statement = _delete_batch(grace, batch_size)
+    params = {"grace": grace, "batch_size": batch_size}
     async with engine.connect() as conn:
         locked = await conn.scalar(select(func.pg_try_advisory_lock(SWEEP_LOCK_KEY)))
         await conn.commit()
@@ -200,7 +201,7 @@ async def sweep_expired_keys(
         try:
             while full and (max_batches is None or batches < max_batches) and not (stop and stop.is_set()):
                 async with conn.begin():
-                    count = (await conn.execute(statement)).rowcount
+                    count = (await conn.execute(_DELETE_BATCH, params)).rowcount
                 deleted += count
                 batches += 1
                 full = count >= batch_size

@@ -12,10 +12,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 
 from core.db.engine import create_engine
-from core.db.idempotency import IdempotencyStore, _delete_batch, sweep_expired_keys
+from core.db.idempotency import _DELETE_BATCH, IdempotencyStore, sweep_expired_keys
 from core.db.read_model import OrderReadModel
 from core.db.tables import idempotency_keys
 from core.domain import OrderLine, OrderView, order_id_for_key
@@ -239,12 +239,16 @@ def received(order_id: uuid.UUID, customer: str, at: datetime) -> OrderView:
     )
 
 
-async def test_the_batch_delete_can_use_the_expiry_index(engine):
-    # A full scan of a table of millions of rows per batch would defeat the batching: the statement
-    # the sweeper runs must be able to find the oldest expired rows by the index on expires_at.
-    statement = _delete_batch(GRACE, 1000).compile(dialect=engine.dialect)
+async def test_the_batch_delete_finds_rows_by_the_expiry_index_and_deletes_them_by_ctid(engine):
+    # A full scan of a table of millions of rows per batch would defeat the batching: the oldest
+    # expired rows must be reachable by the index on expires_at, and the delete must fetch exactly
+    # the locked rows (a TID scan), never join back over the whole table.
     async with engine.connect() as conn:
         await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-        rows = await conn.exec_driver_sql(f"EXPLAIN {statement}", tuple(statement.params.values()))
-        plan = "\n".join(row[0] for row in rows)
-    assert "ix_idempotency_keys_expires_at" in plan, plan
+        rows = await conn.execute(
+            text(f"EXPLAIN {_DELETE_BATCH.text}").bindparams(*_DELETE_BATCH._bindparams.values()),
+            {"grace": GRACE, "batch_size": 1000},
+        )
+        plan = "\n".join(rows.scalars())
+    assert "on ix_idempotency_keys_expires_at" in plan or "using ix_idempotency_keys_expires_at" in plan, plan
+    assert "Tid Scan on idempotency_keys" in plan and "Join" not in plan, plan
