@@ -23,6 +23,11 @@ from tests.harness import random_ref
 from tests.support import ADDRESS
 
 ROUTE = "POST /v1/orders"
+# docs/operations.md, OrdersIdempotencyKeySweepStalled: who holds the sweep lock.
+RUNBOOK_LOCK_QUERY = (
+    "SELECT pid, application_name, client_addr, backend_start FROM pg_locks JOIN pg_stat_activity USING (pid) "
+    "WHERE locktype = 'advisory' AND classid = 399274688 AND objid = 3192009667 AND objsubid = 1"
+)
 GRACE = timedelta(seconds=300)
 # Hang guard only (a sweep that waited on a lock would block forever); nothing asserts on time.
 HANG = 60
@@ -167,6 +172,9 @@ async def test_two_sweepers_never_run_at_once(engine, settings):
         second = await sweep(other_engine, batch_size=2)
         assert (second.ran, second.deleted, second.batches) == (False, 0, 0)
         assert len(await keys_of(engine, customer)) == 4  # only the first's one batch is gone
+        async with other_engine.connect() as conn:  # the runbook's query finds the holder
+            holders = (await conn.execute(text(RUNBOOK_LOCK_QUERY))).all()
+        assert len(holders) == 1
         release.set()
         done = await first
         assert done.ran and done.deleted >= 6 and await keys_of(engine, customer) == set()
