@@ -52,7 +52,11 @@ def cmd_keys_sweep(args: argparse.Namespace) -> int:
             print(f"... {so_far.deleted} deleted in {so_far.batches} batches", file=sys.stderr, flush=True)
 
     async def run() -> int | SweepResult:
-        engine = create_engine(settings, pool_size=1)
+        # An operator's count over a large backlog may take longer than the request path's statement
+        # timeout allows (ORDERS_DATABASE_TIMEOUT_S, doubled, at least 10 s).
+        engine = create_engine(
+            settings.model_copy(update={"database_timeout_s": max(settings.database_timeout_s, 30.0)}), pool_size=1
+        )
         try:
             if args.dry_run:
                 return await count_expired_keys(engine, grace=grace)
@@ -66,8 +70,9 @@ def cmd_keys_sweep(args: argparse.Namespace) -> int:
     try:
         outcome = asyncio.run(run())
     except (OSError, SQLAlchemyError) as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise CliError(f"database error: {type(error).__name__}: {reason}") from None
+        cause = getattr(error, "orig", None) or error
+        reason = (str(cause).strip().splitlines() or ["no details"])[0]
+        raise CliError(f"database error: {type(cause).__name__}: {reason}") from None
     elapsed = time.perf_counter() - started
     if isinstance(outcome, int):
         print(f"{outcome} Idempotency-Key records {expired} would be deleted (dry run: nothing deleted)")
