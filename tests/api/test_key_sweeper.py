@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import httpx
+import structlog.testing
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
 
@@ -89,3 +90,14 @@ async def test_a_sweep_without_the_database_is_logged_and_counted_as_failed(sett
         await dead.dispose()
     assert result is None
     assert samples(metrics)[("orders_idempotency_key_sweeps_total", (("outcome", "failed"),))] == 1
+
+
+async def test_a_sweep_is_logged_with_how_many_and_how_long(engine, settings):
+    customer = random_ref("logged")
+    await add_keys(engine, customer, 3, expires_in=-timedelta(days=1))
+    with structlog.testing.capture_logs() as logs:
+        result = await KeySweeper(engine, settings).sweep_once()
+    assert result is not None and result.ran and await keys_of(engine, customer) == set()
+    [entry] = [entry for entry in logs if entry["event"] == "idempotency keys swept"]
+    assert entry["log_level"] == "info" and entry["deleted"] == result.deleted >= 3
+    assert entry["batches"] == result.batches and entry["duration_ms"] >= 0 and entry["more"] is False
