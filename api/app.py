@@ -3,6 +3,8 @@ and the routes. Nothing connects at import time."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -19,6 +21,7 @@ from api.routes import carrier, catalog, codec, health, orders, warehouses
 from core.config import Settings
 from core.db.engine import create_engine
 from core.db.order_changes import OrderChanges
+from core.key_sweeper import KeySweeper
 from core.order_service import OrderService
 from core.temporal import TemporalConnection
 from core.tokens import TokenVerifier
@@ -29,7 +32,7 @@ Submit orders and follow them through stock, payment and shipping.
 * Authenticate with `Authorization: Bearer <JWT>` (`orders token --sub alice --role customer`).
 * `POST /v1/orders` needs an `Idempotency-Key` header; retries with the same key and body return
   the same order (`Idempotent-Replayed: true`), a different body with the same key gets 422.
-  Keys are kept for 24 hours.
+  Keys are kept for 24 hours; after that a key is new again.
 * Money is in integer minor units of the currency (`1999` EUR = 19.99 EUR).
 * Errors are `application/problem+json` (RFC 9457) and carry the request id (`X-Request-ID`).
 * Follow an order without polling: `GET /v1/orders/{id}?wait=25` with `If-None-Match: <its ETag>`
@@ -62,9 +65,22 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
         )
         app.state.order_changes.start()
         app.state.service = OrderService(settings, app.state.engine, app.state.temporal, app.state.order_changes)
+        stop_sweeping = asyncio.Event()
+        sweeping = app.state.key_sweeper = None
+        if settings.idempotency_sweep_interval_s > 0:
+            app.state.key_sweeper = KeySweeper(app.state.engine, settings, app.state.metrics.key_sweeps)
+            sweeping = asyncio.create_task(app.state.key_sweeper.run(stop_sweeping), name="idempotency-key-sweeper")
         try:
             yield
         finally:
+            if sweeping is not None:
+                # The sweep stops between batches; a batch is one short statement.
+                stop_sweeping.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(sweeping), timeout=settings.database_timeout_s)
+                sweeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeping
             await app.state.order_changes.close()
             if own_engine:
                 await app.state.engine.dispose()

@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     carrier_webhook_secret: str = DEV_WEBHOOK_SECRET
     carrier_webhook_tolerance_s: int = 300
     idempotency_retention_s: int = 24 * 3600
+    # The sweeper of expired Idempotency-Key records (core/key_sweeper.py), run by every gateway
+    # replica, one at a time (advisory lock): every interval, batches of at most batch_size, at
+    # most max_batches per run; a record goes grace seconds after it expired. Interval 0: off.
+    idempotency_sweep_interval_s: float = Field(60.0, ge=0)
+    idempotency_sweep_batch_size: int = Field(1000, ge=1)
+    idempotency_sweep_max_batches: int = Field(100, ge=1)
+    idempotency_sweep_grace_s: float = Field(300.0, ge=0)
     # How long cancel/amend/review/address changes wait in all for the workflow to accept and finish
     # the change: accepted but not finished by then -> 202 with the order as it is (the change will
     # finish); not even accepted -> 503 + Retry-After. Keep it below api_request_timeout_s.

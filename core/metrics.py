@@ -116,6 +116,7 @@ class GatewayMetrics:
         self.refresh_failures = Counter(
             "orders_read_model_scrape_failures", "Scrapes whose read-model query failed", registry=self.registry
         )
+        self.key_sweeps = KeySweepMetrics(self.registry)
 
     async def refresh_read_model(self, engine: AsyncEngine, settings: Settings, *, timeout_s: float = 2.0) -> None:
         """Update the open/stuck gauges from the read model. Every replica reports the same numbers:
@@ -138,6 +139,30 @@ class GatewayMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class KeySweepMetrics:
+    """The Idempotency-Key sweeper's metrics (core/key_sweeper.py). Only the replica that held the
+    lock counts deletions, so sum() over replicas is the total; the last-success time is max()."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.runs = Counter(
+            "orders_idempotency_key_sweeps",
+            "Sweeps of expired Idempotency-Key records by outcome: swept, skipped (another replica "
+            "held the lock) or failed",
+            ["outcome"],
+            registry=registry,
+        )
+        self.deleted = Counter(
+            "orders_idempotency_keys_swept", "Expired Idempotency-Key records deleted", registry=registry
+        )
+        self.last_success = Gauge(
+            "orders_idempotency_key_sweep_last_success_timestamp_seconds",
+            "When this replica last finished a sweep (Unix time)",
+            registry=registry,
+        )
+        for outcome in ("swept", "skipped", "failed"):
+            self.runs.labels(outcome)
 
 
 _OPEN_ORDERS = text(

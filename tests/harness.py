@@ -108,6 +108,8 @@ def test_settings(database_url: str, **overrides) -> Settings:
         rate_limit_submit="100000/minute",
         rate_limit_read="100000/minute",
         rate_limit_webhook="100000/minute",
+        # The gateways of a test session share one database: tests that sweep start their own.
+        idempotency_sweep_interval_s=0,
     )
     values.update(overrides)
     return Settings(**values)

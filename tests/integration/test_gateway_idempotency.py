@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from temporalio.service import RPCError
 
 from api.app import create_app
+from core.db.idempotency import sweep_expired_keys
 from core.db.tables import idempotency_keys, orders
 from core.domain import order_workflow_id
 from core.order_service import OrderService
@@ -114,6 +115,38 @@ async def test_an_expired_key_is_new_again(api, token, engine, workers):
     assert second.json()["id"] != first.json()["id"]
     for order in (first, second):
         assert (await final_state(api, dave, order.json()["id"]))["status"] == "completed"
+
+
+async def test_a_key_whose_record_was_swept_is_a_new_order_that_runs(api, token, engine, workers):
+    # Swept, the expired record no longer tells the claim that the key-derived id is taken: the
+    # second order must still get its own id and workflow, not attach to the first one's.
+    sku = await new_sku(engine)
+    customer = random_ref("swept")
+    frank = token(customer)
+    body = order_body(sku)
+    first = await api.post("/v1/orders", json=body, headers={**auth(frank), "Idempotency-Key": "weekly"})
+    assert first.status_code == 202
+    assert (await final_state(api, frank, first.json()["id"]))["status"] == "completed"
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(idempotency_keys)
+            .where(idempotency_keys.c.customer_id == customer)
+            .values(expires_at=datetime.now(UTC) - timedelta(days=1))
+        )
+    swept = await sweep_expired_keys(engine, grace=timedelta(0), batch_size=1000)
+    assert swept.ran and swept.deleted >= 1
+    async with engine.connect() as conn:
+        left = await conn.scalar(
+            select(func.count()).select_from(idempotency_keys).where(idempotency_keys.c.customer_id == customer)
+        )
+    assert left == 0
+
+    second = await api.post("/v1/orders", json=body, headers={**auth(frank), "Idempotency-Key": "weekly"})
+
+    assert second.status_code == 202 and "Idempotent-Replayed" not in second.headers
+    assert second.json()["id"] != first.json()["id"]
+    assert (await final_state(api, frank, second.json()["id"]))["status"] == "completed"
+    assert set(await _orders_of(engine, customer)) == {uuid.UUID(first.json()["id"]), uuid.UUID(second.json()["id"])}
 
 
 class _GatewayCrashed(BaseException):
