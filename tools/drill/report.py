@@ -1,0 +1,159 @@
+"""Figures of a drill (from the driver's result) and its text table."""
+
+from __future__ import annotations
+
+from bench.loadgen import TERMINAL
+
+HANG_S = 2.0  # an answer slower than this to a cut-off region's customer counts as a hang
+TARGET = 0.10  # region B's throughput and p99 during the cut: within 10 % of before
+
+
+def _at(result: dict, name: str) -> float | None:
+    return next((e["at"] for e in result["events"] if e["event"] == name), None)
+
+
+def _p(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarize(result: dict) -> dict:
+    calls, orders = result["load"]["calls"], result["load"]["orders"]
+    before, cut, healed = _at(result, "phase before"), _at(result, "cut a"), _at(result, "healed a")
+    stopped = _at(result, "load stopped; draining")
+    windows = {"before": (before, cut), "cut": (cut, healed), "healed": (healed, stopped)}
+
+    def inside(call: dict, window: str) -> bool:
+        start, end = windows[window]
+        return start is not None and end is not None and start <= call["at"] < end
+
+    def b_side(window: str) -> dict:
+        # Throughput: B's customers' orders accepted, through either entry (during the cut all go
+        # through B). Latency: those sent to B's entry, the one path that exists in both phases
+        # (through A's entry an order takes one more hop, forwarded to B).
+        submits = [c for c in calls if c["home"] == "b" and c["op"] == "submit" and inside(c, window)]
+        ok = [c for c in submits if c["status"] in (200, 201, 202)]
+        direct = [c["latency_s"] for c in ok if c["entry"] == "b"]
+        start, end = windows[window]
+        span = (end - start) if start is not None and end is not None else 0
+        return {
+            "submits": len(submits),
+            "accepted": len(ok),
+            "throughput_per_s": round(len(ok) / span, 2) if span else None,
+            "p50_ms": _ms(_p(direct, 0.5)),
+            "p99_ms": _ms(_p(direct, 0.99)),
+        }
+
+    b_before, b_cut = b_side("before"), b_side("cut")
+    a_writes = [c for c in calls if c["home"] == "a" and c["op"] == "submit" and c["entry"] == "b" and inside(c, "cut")]
+    a_reads = [c for c in calls if c["home"] == "a" and c["op"] == "read" and c["entry"] == "b" and inside(c, "cut")]
+    lags = [c["lag_s"] for c in a_reads if c["lag_s"] is not None]
+    accepted = [o for o in orders if o["order_id"]]
+    summary = {
+        "b_before": b_before,
+        "b_cut": b_cut,
+        "b_throughput_ratio": _ratio(b_cut["throughput_per_s"], b_before["throughput_per_s"]),
+        "b_p99_ratio": _ratio(b_cut["p99_ms"], b_before["p99_ms"]),
+        "a_writes_during_cut": {
+            "requests": len(a_writes),
+            "status_503": sum(1 for c in a_writes if c["status"] == 503),
+            "with_retry_after": sum(1 for c in a_writes if c["status"] == 503 and c["retry_after"]),
+            "accepted": sum(1 for c in a_writes if c["status"] in (200, 201, 202)),
+            "hangs": sum(1 for c in a_writes if c["status"] == 0 or c["latency_s"] >= HANG_S),
+            "max_ms": _ms(max((c["latency_s"] for c in a_writes), default=None)),
+        },
+        "a_reads_during_cut": {
+            "requests": len(a_reads),
+            "answered_200": sum(1 for c in a_reads if c["status"] == 200),
+            "stale": sum(1 for c in a_reads if c["stale"]),
+            "lag_min_s": min(lags, default=None),
+            "lag_max_s": max(lags, default=None),
+            "hangs": sum(1 for c in a_reads if c["status"] == 0 or c["latency_s"] >= HANG_S),
+        },
+        "replication_after_heal": result.get("replication", []),
+        "rehome": result.get("rehome"),
+        "orders": {
+            region: {
+                "accepted": sum(1 for o in accepted if o["home"] == region),
+                "ended": sum(1 for o in accepted if o["home"] == region and o["status"] in TERMINAL),
+                "waiting": sorted(
+                    {o["status"] or "?" for o in accepted if o["home"] == region and o["status"] not in TERMINAL}
+                ),
+            }
+            for region in ("a", "b")
+        },
+        "invariants_ok": {region: r["ok"] for region, r in result.get("invariants", {}).items()},
+    }
+    return summary
+
+
+def verdict(summary: dict) -> dict[str, bool]:
+    """Each target of the drill, met or not."""
+    within = summary["b_throughput_ratio"] is not None and summary["b_throughput_ratio"] >= 1 - TARGET
+    writes = summary["a_writes_during_cut"]
+    return {
+        "B throughput during the cut within 10 %": within,
+        "A's writes during the cut: 503, none hangs": writes["requests"] > 0
+        and writes["hangs"] == 0
+        and writes["status_503"] == writes["requests"],
+        "invariants hold in both regions": bool(summary["invariants_ok"]) and all(summary["invariants_ok"].values()),
+    }
+
+
+def render(result: dict) -> str:
+    s = result["summary"]
+    b0, b1 = s["b_before"], s["b_cut"]
+    w, r = s["a_writes_during_cut"], s["a_reads_during_cut"]
+    lines = [
+        f"drill {result['run_id']}: {result['spec']['phase_s']:.0f}s per phase, {result['spec']['rate']} orders/s",
+        "",
+        "region B's customers                 before      during cut   ratio",
+        f"  accepted orders / s                 {_f(b0['throughput_per_s']):>10}  {_f(b1['throughput_per_s']):>10}   {_f(s['b_throughput_ratio'])}",
+        f"  submit p50 via B (ms)              {_f(b0['p50_ms']):>10}  {_f(b1['p50_ms']):>10}",
+        f"  submit p99 via B (ms)              {_f(b0['p99_ms']):>10}  {_f(b1['p99_ms']):>10}   {_f(s['b_p99_ratio'])}",
+        "",
+        "region A's customers during the cut (through B)",
+        f"  writes: {w['requests']} sent, {w['status_503']} answered 503 ({w['with_retry_after']} with Retry-After), "
+        f"{w['accepted']} accepted, {w['hangs']} hangs (no answer or >= {HANG_S:.0f}s), slowest {_f(w['max_ms'])} ms",
+        f"  reads:  {r['requests']} sent, {r['answered_200']} answered 200, {r['stale']} marked stale, "
+        f"replica lag {_f(r['lag_min_s'])}..{_f(r['lag_max_s'])} s, {r['hangs']} hangs",
+    ]
+    if s["replication_after_heal"]:
+        lines += ["", "replication lag after heal (s since heal: lag s)"]
+        lines.append("  " + ", ".join(f"{p['t']:.1f}: {p['lag_s']:.2f}" for p in s["replication_after_heal"]))
+    else:
+        lines += ["", "replication lag after heal: not measured (no replication in these cells)"]
+    if s["rehome"]:
+        rh = s["rehome"]
+        lines += ["", f"re-homing A's customers to B: {rh['detail']}"]
+    lines += [
+        "",
+        "orders accepted: "
+        + "; ".join(
+            f"{region}: {o['accepted']} ({o['ended']} ended, waiting: {', '.join(o['waiting']) or 'none'})"
+            for region, o in s["orders"].items()
+        ),
+    ]
+    for region, inv in result.get("invariants", {}).items():
+        lines.append(f"invariants in {region}: {'ok' if inv['ok'] else 'FAIL'} over {inv['orders']} orders")
+        for check in inv["checks"]:
+            if not check["ok"]:
+                lines.append(f"  FAIL {check['name']}: {'; '.join(check['problems'][:3])}")
+    lines += ["", "targets"]
+    for name, met in result["verdict"].items():
+        lines.append(f"  {'met ' if met else 'MISS'} {name}")
+    return "\n".join(lines)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 1) if seconds is not None else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
