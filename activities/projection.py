@@ -14,8 +14,8 @@ from core.domain import ProjectOrder
 
 
 class ProjectionActivities:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._read_model = OrderReadModel(engine)
+    def __init__(self, engine: AsyncEngine, *, region: str = "") -> None:
+        self._read_model = OrderReadModel(engine, region=region)
 
     @activity.defn(name="project_order")
     async def project_order(self, request: ProjectOrder) -> None:

@@ -37,7 +37,7 @@ def queue_specs(
     stock = StockActivities(engine)
     payment = PaymentActivities(http, settings.payment_base_url)
     shipping = ShippingActivities(http, settings.carrier_base_url)
-    projection = ProjectionActivities(engine)
+    projection = ProjectionActivities(engine, region=settings.region)
     return {
         "orchestration": QueueSpec(base, WORKFLOWS, [projection.project_order]),
         "inventory": QueueSpec(

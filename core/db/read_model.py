@@ -27,9 +27,10 @@ from core.db.tables import order_events, order_shipments, orders
 from core.domain import CarrierEvent, OrderStatus, OrderView
 
 
-def order_row(view: OrderView, seq: int) -> dict:
-    """The ``orders`` row of a view at transition number ``seq``."""
+def order_row(view: OrderView, seq: int, region: str = "") -> dict:
+    """The ``orders`` row of a view at transition number ``seq``, written in ``region``."""
     return {
+        "region": region,
         "id": view.id,
         "customer_id": view.customer_id,
         "status": view.status.value,
@@ -114,17 +115,18 @@ class OrderPage:
 
 
 class OrderReadModel:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, region: str = "") -> None:
         self._engine = engine
+        self._region = region  # stamped on the rows this region inserts (docs/regions.md)
 
     # --- writes -------------------------------------------------------------------------------
 
     @staticmethod
-    async def insert_received(conn: AsyncConnection, view: OrderView) -> None:
+    async def insert_received(conn: AsyncConnection, view: OrderView, *, region: str = "") -> None:
         """Write a just-accepted order (seq 1) and its ``received`` event inside the caller's
         transaction, so the row commits together with the Idempotency-Key claim. A row that is
         already there (a retry, or a projection that got ahead) is left as it is."""
-        await conn.execute(insert(orders).values(**order_row(view, seq=1)).on_conflict_do_nothing())
+        await conn.execute(insert(orders).values(**order_row(view, seq=1, region=region)).on_conflict_do_nothing())
         await conn.execute(insert(order_events).values(_event_rows(view)).on_conflict_do_nothing())
 
     @staticmethod
@@ -137,13 +139,14 @@ class OrderReadModel:
         """Write transition number ``seq`` of an order. Idempotent and monotonic: the row only moves
         forward to a higher ``seq`` (a retried or late write never rolls it back), and history
         entries already written are kept."""
-        row = order_row(view, seq)
+        row = order_row(view, seq, self._region)
         async with self._engine.begin() as conn:
             statement = insert(orders).values(**row)
             await conn.execute(
                 statement.on_conflict_do_update(
                     index_elements=[orders.c.id],
-                    set_={k: statement.excluded[k] for k in row if k not in {"id", "created_at"}},
+                    # The region is the one that accepted the order, never changed by a projection.
+                    set_={k: statement.excluded[k] for k in row if k not in {"id", "created_at", "region"}},
                     where=orders.c.seq < statement.excluded.seq,
                 )
             )
