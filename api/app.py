@@ -3,6 +3,8 @@ and the routes. Nothing connects at import time."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -15,6 +17,7 @@ from api.observability import install_observability
 from api.openapi import install_openapi
 from api.overload import LoadShedding
 from api.ratelimit import RateLimits
+from api.regions import RegionRouting, heartbeat_loop, peer_client
 from api.routes import carrier, catalog, codec, health, orders, warehouses
 from core.config import Settings
 from core.db.engine import create_engine
@@ -44,9 +47,18 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
         # Connected on first use: the gateway starts (and /readyz says 503) while Temporal is down.
         app.state.temporal = TemporalConnection(settings, client)
         app.state.service = OrderService(settings, app.state.engine, app.state.temporal)
+        heartbeats = None
+        if settings.multi_region:
+            app.state.peer_client = peer_client(settings)
+            heartbeats = asyncio.create_task(heartbeat_loop(app.state.engine, settings), name="region-heartbeat")
         try:
             yield
         finally:
+            if heartbeats is not None:
+                heartbeats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeats
+                await app.state.peer_client.aclose()
             if own_engine:
                 await app.state.engine.dispose()
 
@@ -62,6 +74,9 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
     install_openapi(app)
     for router in (orders.router, catalog.router, warehouses.router, carrier.router, health.router, codec.router):
         app.include_router(router)
+    if settings.multi_region:
+        # Inside the rate limiter, which leaves the verified token's claims for it (docs/regions.md).
+        app.add_middleware(RegionRouting, settings=settings)
     app.add_middleware(RateLimits, settings=settings)  # inside RequestGuards: 429s carry the request id
     # Before the rate limiter (shedding costs nothing), inside RequestGuards (503s carry the id).
     app.add_middleware(
