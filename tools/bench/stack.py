@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,8 +63,11 @@ class StackOptions:
     # cell of `orders regions drill` inside its network namespace, reached from the others.
     host: str = "127.0.0.1"
     postgres_settings: Mapping[str, Any] = field(default_factory=dict)  # e.g. wal_level for replication
-    # A network (CIDR) whose clients PostgreSQL trusts, replication connections included.
-    postgres_trusted_network: str | None = None
+    # Networks (CIDR) whose clients PostgreSQL lets in without a password (a peer region subscribing).
+    postgres_trusted_networks: Sequence[str] = ()
+    # Fixed ports by server name (postgres, temporal, sandbox, api) instead of free ones: a cell in
+    # a network namespace of its own, whose peers must know its addresses before it starts.
+    ports: Mapping[str, int] = field(default_factory=dict)
 
 
 class BenchStack:
@@ -81,7 +84,9 @@ class BenchStack:
         self.logs = self.data_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.host = self.options.host
-        self.ports = {name: free_port(self.host) for name in ("postgres", "temporal", "sandbox", "api")}
+        self.ports = {
+            name: self.options.ports.get(name) or free_port(self.host) for name in ("postgres", "temporal", "sandbox", "api")
+        }
         self.postgres = None
         self.temporal = None
         self.sandbox = None
@@ -106,9 +111,8 @@ class BenchStack:
                 # Durable commits: a SIGKILLed server must not lose an accepted order. More connections
                 # than the default 100: gateway, sandbox and each worker hold a pool of 20.
                 settings={"synchronous_commit": "on", "max_connections": 200, **self.options.postgres_settings},
+                trusted_networks=list(self.options.postgres_trusted_networks),
             )
-            if self.options.postgres_trusted_network:
-                self.postgres.trust_network(self.options.postgres_trusted_network)
             self.postgres.start()
             self.postgres.ensure_database("orders")
             database_url = self.postgres.url("orders")

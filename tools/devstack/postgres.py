@@ -246,20 +246,6 @@ class EmbeddedPostgres:
             raise
         return True
 
-    def trust_network(self, cidr: str) -> None:
-        """Let clients from ``cidr`` in without a password, replication connections included (the
-        other cell of `orders regions drill` subscribes to this one). Call it before :meth:`start`
-        (it initializes the data directory if needed); a running server is told to reload."""
-        self._init_if_needed()
-        line = f"host all all {cidr} trust\nhost replication all {cidr} trust\n"
-        hba = self.data_dir / "pg_hba.conf"
-        if line not in hba.read_text():
-            with open(hba, "a") as f:
-                f.write(line)
-            running = self._running_postmaster()
-            if running is not None:
-                os.kill(running[0], signal.SIGHUP)
-
     def drop_database(self, name: str) -> None:
         ident = '"' + name.replace('"', '""') + '"'
         self.psql(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")

@@ -4,7 +4,7 @@
 The cell is the bench's stack (tools/bench/stack.py: embedded PostgreSQL, Temporal dev server,
 sandbox providers, a worker and the gateway) with every server on the namespace's address, and
 PostgreSQL ready for logical replication to and from the other region (``wal_level=logical``,
-the drill's network trusted). SPEC is a JSON file: ``region``, ``address``, ``subnet``,
+the drill's network trusted), on the same ports in every namespace. SPEC is a JSON file: ``region``, ``address``, ``subnet``,
 ``data_dir``, ``settings`` (Settings overrides) and ``ready_file``, to which the cell writes the
 addresses of its servers once every one of them is ready. It runs until SIGTERM or Ctrl-C, then
 stops its servers.
@@ -20,18 +20,14 @@ from pathlib import Path
 
 from bench.stack import BenchStack, StackOptions
 from cli.main import stop_on_sigterm
+from devstack.postgres import LOGICAL_REPLICATION
 
-# Logical replication in both directions: each region publishes its order tables and subscribes
-# to the other's, which takes a replication slot, a WAL sender and a worker or two on each side.
-REPLICATION_SETTINGS = {
-    "wal_level": "logical",
-    "max_replication_slots": 10,
-    "max_wal_senders": 10,
-    "max_logical_replication_workers": 6,
-    # A subscriber notices a cut-off publisher within seconds rather than after TCP's retries.
-    "wal_receiver_timeout": "5s",
-    "wal_sender_timeout": "5s",
-}
+# Logical replication in both directions (docs/regions.md), and a subscriber that notices a cut-off
+# publisher within seconds rather than after TCP's retransmissions.
+REPLICATION_SETTINGS = {**LOGICAL_REPLICATION, "wal_receiver_timeout": "5s", "wal_sender_timeout": "5s"}
+#: The same ports in every cell: each has a network namespace of its own, and its peers must know
+#: its addresses before it starts.
+PORTS = {"postgres": 15432, "temporal": 17233, "sandbox": 18100, "api": 18000}
 
 
 def main(spec_path: str) -> int:
@@ -49,7 +45,8 @@ def main(spec_path: str) -> int:
             data_dir=Path(spec["data_dir"]),
             keep_data=True,  # the drill removes its folder (or keeps it with --keep-data)
             postgres_settings=REPLICATION_SETTINGS,
-            postgres_trusted_network=spec["subnet"],
+            postgres_trusted_networks=[spec["subnet"]],
+            ports=PORTS,
         ),
         log=say,
     )

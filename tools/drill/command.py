@@ -50,6 +50,7 @@ def run_drill(args: argparse.Namespace) -> tuple[int, dict | None]:
         "rate": args.rate,
         "max_orders": args.max_orders,
         "customers": args.customers,
+        "rehome_orders": args.rehome_orders,
         "request_timeout_s": 5.0,
         "drain_timeout_s": args.drain_timeout,
         "cell_start_timeout_s": args.cell_start_timeout,
@@ -121,6 +122,7 @@ def add_drill_parser(regions_sub: argparse._SubParsersAction) -> None:
     drill.add_argument("--rate", type=float, default=4.0, help="orders started per second (both regions together)")
     drill.add_argument("--max-orders", type=int, default=2000, help="upper bound on orders started")
     drill.add_argument("--customers", type=int, default=20, help="customers per region")
+    drill.add_argument("--rehome-orders", type=int, default=5, help="new orders of A's customers after the rehome")
     drill.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to wait for orders to end")
     drill.add_argument("--cell-start-timeout", type=float, default=120.0, help="seconds a cell may take to start")
     drill.add_argument("--prefix", default=DEFAULT_PREFIX, help="name prefix of the network namespaces")
@@ -128,15 +130,3 @@ def add_drill_parser(regions_sub: argparse._SubParsersAction) -> None:
     drill.add_argument("--keep-data", action="store_true", help="keep the cells' logs and data")
     drill.add_argument("--json", action="store_true", help="print the result as JSON")
     drill.set_defaults(func=cmd_drill)
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `drill` to the `orders regions` command group, creating the group when the product
-    does not register one."""
-    regions = subparsers.choices.get("regions")
-    if regions is None:
-        regions = subparsers.add_parser("regions", help="regional cells: the drill")
-        regions_sub = regions.add_subparsers(dest="regions_command", required=True, metavar="TASK")
-    else:
-        regions_sub = next(a for a in regions._actions if isinstance(a, argparse._SubParsersAction))
-    add_drill_parser(regions_sub)

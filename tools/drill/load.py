@@ -28,9 +28,9 @@ from core.tokens import mint_token
 
 SUBMIT, READ = "submit", "read"
 # Response headers of a read served by a replica (docs/regions.md).
-STALE_HEADER = "X-Orders-Stale"
-LAG_HEADER = "X-Orders-Replica-Lag"
-REGION_HEADER = "X-Orders-Region"
+STALE_HEADER = "X-Read-Stale"
+LAG_HEADER = "X-Read-Replica-Lag"
+REGION_HEADER = "X-Region"  # the region that served the answer
 
 
 @dataclass
@@ -56,7 +56,8 @@ class Order:
     started_at: float
     order_id: str | None = None
     accepted_at: float | None = None
-    accepted_via: str | None = None
+    accepted_via: str | None = None  # the entry point
+    region: str | None = None  # the region that accepted it (X-Region; its home without one)
     status: str | None = None
     phase: str = ""
 
@@ -123,21 +124,27 @@ class DrillLoad:
             except TimeoutError:
                 pass
             home = ("a", "b")[n % 2]
-            task = asyncio.create_task(self.order(home, self.rng.choice(self.customers[home])))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self.order(home, self.rng.choice(self.customers[home])))
             n += 1
         self._submitting = False
 
+    def _spawn(self, work) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def drain(self, timeout_s: float) -> None:
         """Wait for every order coroutine (reads until the order ends) for up to ``timeout_s``."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        deadline = self.clock() + timeout_s
+        while self._tasks and self.clock() < deadline:  # orders accepted meanwhile add readers
+            await asyncio.wait(set(self._tasks), timeout=deadline - self.clock())
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def order(self, home: str, customer: str, *, retry: bool = True, entry: str | None = None) -> Order:
+        """Place one order; once accepted, a task reads it until it ends (or the drain gives up). Without
+        ``retry`` a 503 is final; ``entry`` forces the entry point of the submit."""
         order = Order(key=uuid.uuid4().hex, customer=customer, home=home, started_at=self.clock(), phase=self.phase)
         self.record.orders.append(order)
         body = {
@@ -152,13 +159,13 @@ class DrillLoad:
             if response is not None and response.status_code in (200, 201, 202):
                 view = response.json()
                 order.order_id, order.accepted_at, order.accepted_via = view["id"], self.clock(), via
+                order.region = response.headers.get(REGION_HEADER, home)
                 order.status = view.get("status")
                 break
             if not retry or not self._submitting or response is None or response.status_code not in (429, 503):
                 return order
             await asyncio.sleep(_retry_after(response))
-        if retry:
-            await self._follow(order)
+        self._spawn(self._follow(order))
         return order
 
     async def _follow(self, order: Order) -> None:
