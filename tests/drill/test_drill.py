@@ -61,7 +61,7 @@ def _work_dir(output: str) -> str:
 def _check_short_drill(result: dict) -> None:
     summary, checks = result["summary"], result["verdict"]
     print(json.dumps({k: summary[k] for k in ("b_before", "b_cut", "a_writes_during_cut", "a_reads_during_cut")}))
-    assert all(checks.values()), {name: ok for name, ok in checks.items() if not ok}
+    assert all(checks.values()), ({name: ok for name, ok in checks.items() if not ok}, summary["a_writes_during_cut"])
     writes = summary["a_writes_during_cut"]
     assert writes["requests"] > 0 and writes["status_503"] == writes["requests"] and writes["no_answer"] == 0
     reads = summary["a_reads_during_cut"]
@@ -82,8 +82,9 @@ def test_short_drill_keeps_b_serving_refuses_a_writes_serves_stale_reads_and_cle
         _drill("--phase", "5", "--rate", "4", "--customers", "8", "--rehome-orders", "3", "--json", "--prefix", prefix),
         220,
     )
+    assert done.stdout, done.stderr[-3000:]
+    _check_short_drill(json.loads(done.stdout))  # names the check that failed, if one did
     assert done.returncode == 0, done.stderr[-3000:]
-    _check_short_drill(json.loads(done.stdout[done.stdout.index("{") :]))
     assert namespaces(prefix) == []
 
 
@@ -93,9 +94,10 @@ def test_short_drill_keeps_b_serving_refuses_a_writes_serves_stale_reads_and_cle
 def test_full_drill(capsys):
     prefix = _prefix()
     done = _run(_drill("--phase", "20", "--rate", "6", "--json", "--prefix", prefix), 580)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout[done.stdout.index("{") :])
+    assert done.stdout, done.stderr[-3000:]
+    result = json.loads(done.stdout)
     _check_short_drill(result)
+    assert done.returncode == 0, done.stderr[-3000:]
     with capsys.disabled():
         from drill.report import render
 
@@ -113,12 +115,12 @@ def test_a_cell_that_fails_to_start_leaves_no_namespace_and_no_process():
     try:
         done = _run(_drill("--cell-start-timeout", "1", "--keep-data", "--prefix", prefix), 100)
         assert done.returncode == 1
-        assert "removed namespaces a killed drill left" in done.stdout
+        assert "removed namespaces a killed drill left" in done.stderr
         error = [line for line in done.stderr.splitlines() if line.startswith("orders regions drill: error:")]
         assert error and "not ready within 1s" in error[0], done.stderr
         assert namespaces(prefix) == []
         assert stray.wait(10) is not None  # the sweep stopped it
-        assert _left_behind(_work_dir(done.stdout)) == []
+        assert _left_behind(_work_dir(done.stderr)) == []
     finally:
         if stray.poll() is None:
             stray.kill()

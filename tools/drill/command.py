@@ -27,7 +27,7 @@ CANNOT_RUN = 2
 
 
 def say(message: str) -> None:
-    print(f"orders regions drill: {message}", flush=True)
+    print(f"orders regions drill: {message}", file=sys.stderr, flush=True)
 
 
 def run_drill(args: argparse.Namespace) -> tuple[int, dict | None]:

@@ -47,7 +47,7 @@ class DrillError(RuntimeError):
 
 
 def say(message: str) -> None:
-    print(f"orders regions drill: {message}", flush=True)
+    print(f"orders regions drill: {message}", file=sys.stderr, flush=True)
 
 
 def region_settings(topology: Topology, region: str) -> dict:
