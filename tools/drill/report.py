@@ -158,10 +158,10 @@ def render(result: dict) -> str:
         f"  submit p99 via B (ms)              {_f(b0['p99_ms']):>10}  {_f(b1['p99_ms']):>10}   {_f(s['b_p99_ratio'])}",
         "",
         "region A's customers during the cut (through B)",
-        f"  writes: {w['requests']} sent, {w['status_503']} answered 503 ({w['with_retry_after']} with Retry-After), "
+        f"  writes answered during the cut: {w['requests']}, {w['status_503']} of them 503 ({w['with_retry_after']} with Retry-After), "
         f"{w['accepted']} accepted, {w['hangs']} hangs (no answer or >= {HANG_S:.0f}s), slowest {_f(w['max_ms'])} ms"
         f" (+{w['answered_after_heal']} answered after the heal)",
-        f"  reads:  {r['requests']} sent, {r['answered_200']} answered 200, {r['stale']} marked stale, "
+        f"  reads answered during the cut:  {r['requests']}, {r['answered_200']} of them 200, {r['stale']} marked stale, "
         f"replica lag {_f(r['lag_min_s'])}..{_f(r['lag_max_s'])} s, {r['hangs']} hangs",
     ]
     if s["replication_after_heal"]:
