@@ -130,7 +130,11 @@ async def regions(tmp_path_factory, temporal_server, temporal_client):
     servers = {}
     for name in ports:
         server = EmbeddedPostgres(
-            tmp_path_factory.mktemp(f"region-{name}") / "pg", port=free_port(), fast=True, settings=LOGICAL_REPLICATION
+            tmp_path_factory.mktemp(f"region-{name}") / "pg",
+            port=free_port(),
+            fast=True,
+            settings=LOGICAL_REPLICATION,
+            trusted_networks=["10.77.0.0/24"],  # as the drill lets the peer's namespace in
         )
         await asyncio.to_thread(server.start)
         servers[name] = server
@@ -200,6 +204,16 @@ async def test_two_regions_forward_refuse_serve_stale_and_heal(regions, temporal
         again = await via_a.post("/v1/orders", json=order, headers={**bearer, "Idempotency-Key": key})
     assert again.status_code == 202 and again.json()["id"] == str(order_id)
     assert again.headers["Idempotent-Replayed"] == "true"
+    # A forwarded request never travels on: B is not Alice's home, so a hop that claims to come from
+    # A (two directories disagreeing) is refused, not forwarded back, and nothing is written in B.
+    async with httpx.AsyncClient(base_url=b.gateway.url, timeout=10) as via_b:
+        looped = await via_b.post(
+            "/v1/orders",
+            json=order,
+            headers={**bearer, "Idempotency-Key": uuid.uuid4().hex, "X-Orders-Forwarded-From": "a"},
+        )
+    assert looped.status_code == 503 and looped.json()["type"].endswith("/region-misdirected")
+    assert "Retry-After" in looped.headers
     # ... and the row reaches B's replica.
     await wait_for(
         lambda: b.fetch("SELECT 1 FROM orders WHERE id = $1 AND region = 'a'", order_id),
@@ -254,6 +268,8 @@ async def test_two_regions_forward_refuse_serve_stale_and_heal(regions, temporal
         fresh = await via_b.get(f"/v1/orders/{order_id}", headers=bearer)
     assert fresh.status_code == 200 and fresh.headers["X-Region"] == "a"
     assert "X-Read-Stale" not in fresh.headers
+    rules = await b.fetch("SELECT address FROM pg_hba_file_rules WHERE address = '10.77.0.0'")
+    assert len(rules) == 1  # trusted_networks reached pg_hba.conf
     status = await asyncio.to_thread(b.orders_command, "status", "--json")
     assert status.returncode == 0, status.stderr
     (peer,) = json.loads(status.stdout)["peers"]
