@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -27,19 +26,17 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from api.app import create_app  # noqa: E402
-from core.config import Settings  # noqa: E402
-from core.db.engine import create_engine  # noqa: E402
-from core.db.migrate import upgrade_async  # noqa: E402
-from core.db.read_model import OrderReadModel  # noqa: E402
-from core.domain import OrderLine, OrderView  # noqa: E402
-from core.logging import configure_logging  # noqa: E402
-from core.regions import default_home  # noqa: E402
-from core.tokens import mint_token  # noqa: E402
-from devstack.postgres import EmbeddedPostgres  # noqa: E402
-from devstack.processes import free_port  # noqa: E402
+from api.app import create_app
+from core.config import Settings
+from core.db.engine import create_engine
+from core.db.migrate import upgrade_async
+from core.db.read_model import OrderReadModel
+from core.domain import OrderLine, OrderView
+from core.logging import configure_logging
+from core.regions import default_home
+from core.tokens import mint_token
+from devstack.postgres import EmbeddedPostgres
+from devstack.processes import free_port
 
 
 async def serve(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task]:
