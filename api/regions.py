@@ -140,12 +140,12 @@ class RegionRouting:
         return await self.app(scope, receive, self._tagged(send, [(REGION_HEADER, self._local.encode()), *stale]))
 
     async def _target(self, scope, claims, write: bool) -> str:
-        directory = RegionDirectory(scope["app"].state.engine)
-        order_id = order_id_in(scope["path"])
-        location = await directory.order_location(order_id) if order_id is not None else None
+        customer = claims.subject if claims.role == "customer" else None
+        entry, location = await RegionDirectory(scope["app"].state.engine).route_facts(
+            customer, order_id_in(scope["path"])
+        )
         home = None
-        if claims.role == "customer":
-            entry = await directory.entry(claims.subject)
+        if entry is not None:
             home = resolve_home(claims.subject, self._settings.regions, entry.pinned, entry.redirects)
         return serving_region(
             local=self._local,

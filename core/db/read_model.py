@@ -119,6 +119,11 @@ class OrderReadModel:
         self._engine = engine
         self._region = region  # stamped on the rows this region inserts (docs/regions.md)
 
+    def _own_rows(self) -> ColumnElement[bool]:
+        """Orders this region accepted (or from before regions): a peer's replicated rows are read
+        here, never acted on (carrier events go to the region that shipped)."""
+        return orders.c.region.in_([self._region, ""])
+
     # --- writes -------------------------------------------------------------------------------
 
     @staticmethod
@@ -166,7 +171,7 @@ class OrderReadModel:
             return (
                 await conn.execute(
                     update(orders)
-                    .where(_has_tracking_number(tracking_number))
+                    .where(_has_tracking_number(tracking_number), self._own_rows())
                     .values(tracking=first.op("||", return_type=JSONB)(orders.c.tracking))
                     .returning(orders.c.id)
                 )
@@ -182,7 +187,7 @@ class OrderReadModel:
     async def find_by_tracking_number(self, tracking_number: str) -> OrderView | None:
         async with self._engine.connect() as conn:
             view = (
-                await conn.execute(select(orders.c.view).where(_has_tracking_number(tracking_number)))
+                await conn.execute(select(orders.c.view).where(_has_tracking_number(tracking_number), self._own_rows()))
             ).scalar_one_or_none()
         return OrderView.model_validate(view) if view is not None else None
 

@@ -1,7 +1,7 @@
 """The region tables (docs/regions.md): the home directory, heartbeats and replication set-up.
 
-* :class:`RegionDirectory` — what the gateway reads per request: a customer's override and the
-  rehomes (one round trip), and which region wrote an order.
+* :class:`RegionDirectory` — what the gateway reads per request (a customer's override, the
+  rehomes and which region wrote the order named, in one round trip) and the operator's writes.
 * :func:`stamp_heartbeat` / :func:`replica_lag_s` — this region's heartbeat, and how far behind
   the local replica of a peer is.
 * :func:`ensure_publication`, :func:`link`, :func:`unlink`, :func:`subscription_status` — logical
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from sqlalchemy import func, select, text
+from sqlalchemy import String, Uuid, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.db.tables import customer_homes, orders, region_heartbeats, region_redirects
+from core.db.tables import customer_homes, region_heartbeats, region_redirects
 
 PUBLISHED_TABLES = ("orders", "region_heartbeats")
 
@@ -51,6 +51,18 @@ def libpq_dsn(url: str) -> str:
 
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+_NO_ORDER = uuid.UUID(int=0)
+_ROUTE_FACTS = text(
+    """
+    SELECT (SELECT region FROM customer_homes WHERE customer_id = :customer) AS pinned,
+           (SELECT jsonb_object_agg(region, served_by) FROM region_redirects) AS redirects,
+           o.region AS order_region, o.customer_id AS order_customer
+    FROM (SELECT 1) AS one
+    LEFT JOIN orders AS o ON o.id = :order
+    """
+).bindparams(bindparam("customer", type_=String), bindparam("order", type_=Uuid))
 
 
 @dataclass(frozen=True)
@@ -83,12 +95,18 @@ class RegionDirectory:
             row = (await conn.execute(select(pinned.label("pinned"), redirects.label("redirects")))).one()
         return HomeEntry(row.pinned, dict(row.redirects or {}))
 
-    async def order_location(self, order_id: uuid.UUID) -> OrderLocation | None:
+    async def route_facts(
+        self, customer_id: str | None, order_id: uuid.UUID | None
+    ) -> tuple[HomeEntry | None, OrderLocation | None]:
+        """What routing one request needs, in one round trip: the customer's directory entry (when
+        a customer is given) and where the order lives (when an order is named and known here)."""
         async with self._engine.connect() as conn:
             row = (
-                await conn.execute(select(orders.c.region, orders.c.customer_id).where(orders.c.id == order_id))
-            ).first()
-        return OrderLocation(row.region, row.customer_id) if row is not None else None
+                await conn.execute(_ROUTE_FACTS, {"customer": customer_id or "", "order": order_id or _NO_ORDER})
+            ).one()
+        entry = HomeEntry(row.pinned, dict(row.redirects or {})) if customer_id is not None else None
+        location = OrderLocation(row.order_region, row.order_customer) if row.order_customer is not None else None
+        return entry, location
 
     async def pin(self, customer_id: str, region: str, changed_by: str) -> None:
         statement = insert(customer_homes).values(
