@@ -69,6 +69,9 @@ def run_drill(args: argparse.Namespace) -> tuple[int, dict | None]:
     try:
         topology.create()
         say(f"network up: {', '.join(topology.namespace(p) for p in ('a', 'b', CLIENT))} on {args.subnet}")
+        if stopping:
+            say(f"stopped by {stopping[0]}")
+            return 130, None
         driver = subprocess.Popen(
             [*topology.exec_prefix(CLIENT), sys.executable, "-m", "drill.driver", str(work / "spec.json")],
             start_new_session=True,

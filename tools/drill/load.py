@@ -142,9 +142,13 @@ class DrillLoad:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def order(self, home: str, customer: str, *, retry: bool = True, entry: str | None = None) -> Order:
-        """Place one order; once accepted, a task reads it until it ends (or the drain gives up). Without
-        ``retry`` a 503 is final; ``entry`` forces the entry point of the submit."""
+    async def order(
+        self, home: str, customer: str, *, retry_for_s: float | None = None, entry: str | None = None
+    ) -> Order:
+        """Place one order; once accepted, a task reads it until it ends (or the drain gives up).
+        After a 429/503 it tries again after Retry-After with the same key: while the load runs, or
+        for ``retry_for_s`` seconds when given. ``entry`` forces the entry point of the submit."""
+        retry_until = None if retry_for_s is None else self.clock() + retry_for_s
         order = Order(key=uuid.uuid4().hex, customer=customer, home=home, started_at=self.clock(), phase=self.phase)
         self.record.orders.append(order)
         body = {
@@ -162,7 +166,8 @@ class DrillLoad:
                 order.region = response.headers.get(REGION_HEADER, home)
                 order.status = view.get("status")
                 break
-            if not retry or not self._submitting or response is None or response.status_code not in (429, 503):
+            retrying = self._submitting if retry_until is None else self.clock() < retry_until
+            if not retrying or response is None or response.status_code not in (429, 503):
                 return order
             await asyncio.sleep(_retry_after(response))
         self._spawn(self._follow(order))
