@@ -344,7 +344,7 @@ async def rehome(topology: Topology, cells: dict[str, Cell], load: DrillLoad, ev
     event("rehome a -> b from b", exit=first.returncode, s=round(took, 2))
     load.phase = "rehomed"
     placed = [
-        await load.order("a", customer, retry_for_s=30, entry="b") for customer in load.customers["a"][: max(1, orders)]
+        await load.order("a", customer, retry_for_s=15, entry="b") for customer in load.customers["a"][: max(1, orders)]
     ]
     topology.heal("a")
     load.up.add("a")
