@@ -85,7 +85,8 @@ class BenchStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.host = self.options.host
         self.ports = {
-            name: self.options.ports.get(name) or free_port(self.host) for name in ("postgres", "temporal", "sandbox", "api")
+            name: self.options.ports.get(name) or free_port(self.host)
+            for name in ("postgres", "temporal", "sandbox", "api")
         }
         self.postgres = None
         self.temporal = None
