@@ -279,6 +279,8 @@ async def test_two_regions_forward_refuse_serve_stale_and_heal(regions, temporal
     rehomed = await asyncio.to_thread(b.orders_command, "rehome", "--from", "a", "--to", "b", "--by", "test")
     assert rehomed.returncode == 0, rehomed.stdout + rehomed.stderr
     try:
+        shown = await asyncio.to_thread(a.orders_command, "home", alice)
+        assert shown.stdout.strip() == f"{alice}: home b (default rule: a, rehomed to b)", shown.stdout + shown.stderr
         async with httpx.AsyncClient(base_url=a.gateway.url, timeout=10) as via_a:
             moved = await via_a.post("/v1/orders", json=order, headers={**bearer, "Idempotency-Key": uuid.uuid4().hex})
             old_one = await via_a.get(f"/v1/orders/{order_id}", headers=bearer)
