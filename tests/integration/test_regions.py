@@ -275,6 +275,23 @@ async def test_two_regions_forward_refuse_serve_stale_and_heal(regions, temporal
     (peer,) = json.loads(status.stdout)["peers"]
     assert peer["peer"] == "a" and peer["enabled"] and peer["tables_ready"] and peer["lag_s"] == 0
 
+    # A's gateway answers but its database does not: A's own 503 reaches the writer as it is, and a
+    # read is better served from B's replica.
+    await a.gateway.stop()
+    unreachable = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/orders"
+    broken = Gateway(a.settings.model_copy(update={"database_url": unreachable}), temporal_client)
+    await broken.start()
+    try:
+        async with httpx.AsyncClient(base_url=b.gateway.url, timeout=10) as via_b:
+            stale = await via_b.get(f"/v1/orders/{order_id}", headers=bearer)
+            write = await via_b.post("/v1/orders", json=order, headers={**bearer, "Idempotency-Key": uuid.uuid4().hex})
+        assert stale.status_code == 200 and stale.headers["X-Read-Stale"] == "true", stale.text
+        assert write.status_code == 503 and write.json()["type"].endswith("/unavailable"), write.text
+        assert "Retry-After" in write.headers and write.headers["X-Region"] == "a"
+    finally:
+        await broken.stop()
+        await a.gateway.start()
+
     # 4. A lost for good: rehome its customers to B (in both directories), then undo.
     rehomed = await asyncio.to_thread(b.orders_command, "rehome", "--from", "a", "--to", "b", "--by", "test")
     assert rehomed.returncode == 0, rehomed.stdout + rehomed.stderr
