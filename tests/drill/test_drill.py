@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,9 +54,17 @@ def _left_behind(work_dir: str) -> list[str]:
 
 
 def _work_dir(output: str) -> str:
+    """The folder a drill run with --keep-data names at the end (the test removes it)."""
     match = re.search(r"logs and data kept in (\S+)", output)
     assert match, output
     return match.group(1)
+
+
+def _nothing_left(work_dir: str) -> None:
+    try:
+        assert _left_behind(work_dir) == []
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _check_short_drill(result: dict) -> None:
@@ -120,7 +129,7 @@ def test_a_cell_that_fails_to_start_leaves_no_namespace_and_no_process():
         assert error and "not ready within 1s" in error[0], done.stderr
         assert namespaces(prefix) == []
         assert stray.wait(10) is not None  # the sweep stopped it
-        assert _left_behind(_work_dir(done.stderr)) == []
+        _nothing_left(_work_dir(done.stderr))
     finally:
         if stray.poll() is None:
             stray.kill()
@@ -156,7 +165,7 @@ def test_a_signal_mid_drill_stops_the_cells_and_removes_the_namespaces(sig):
     text = "".join(output)
     assert drill.returncode == 130, text
     assert namespaces(prefix) == []
-    assert _left_behind(_work_dir(text)) == []
+    _nothing_left(_work_dir(text))
 
 
 # These two run everywhere: they are what a machine without root or `ip netns` sees.
