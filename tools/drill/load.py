@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 import httpx
 
 from bench.loadgen import ADDRESS, TERMINAL
-from bench.run import prepare_catalogue
 from core.config import Settings
 from core.tokens import mint_token
 
@@ -238,6 +237,3 @@ def _float(value: str | None) -> float | None:
 def monotonic_clock(t0: float | None = None):
     start = time.monotonic() if t0 is None else t0
     return lambda: time.monotonic() - start
-
-
-__all__ = ["DrillLoad", "LoadRecord", "Call", "Order", "prepare_catalogue"]
