@@ -70,11 +70,12 @@ def _nothing_left(work_dir: str) -> None:
 def _check_short_drill(result: dict) -> None:
     summary, checks = result["summary"], result["verdict"]
     print(json.dumps({k: summary[k] for k in ("b_before", "b_cut", "a_writes_during_cut", "a_reads_during_cut")}))
-    assert all(checks.values()), ({name: ok for name, ok in checks.items() if not ok}, summary["a_writes_during_cut"])
-    writes = summary["a_writes_during_cut"]
+    writes, reads = summary["a_writes_during_cut"], summary["a_reads_during_cut"]
+    assert all(checks.values()), ({name: ok for name, ok in checks.items() if not ok}, writes, reads)
     assert writes["requests"] > 0 and writes["status_503"] == writes["requests"] and writes["no_answer"] == 0
-    reads = summary["a_reads_during_cut"]
-    assert reads["requests"] > 0 and reads["stale"] == reads["requests"] and reads["lag_max_s"] is not None
+    # Every read B answered as a region was stale with its lag (B's overload guard may shed some).
+    assert reads["requests"] > 0 and reads["stale"] == reads["requests"] - reads["shed"] > 0
+    assert reads["no_answer"] == 0 and reads["lag_max_s"] is not None
     assert summary["replication_after_heal"][-1] == {**summary["replication_after_heal"][-1], "lag_s": 0}
     assert summary["rehome"]["exit_while_cut"] == 1  # A's own directory is out of reach: said so
     assert summary["rehome"]["accepted_in_b"] == summary["rehome"]["new_orders"] > 0

@@ -99,6 +99,19 @@ def test_a_fresh_read_during_the_cut_fails_the_stale_check():
     assert not checked(r)["verdict"]["A's reads during the cut: served stale with the lag"]
 
 
+def test_a_read_shed_by_b_s_overload_guard_is_counted_apart_but_no_answer_fails():
+    shed = result()
+    shed["load"]["calls"].append(call(16, "a", "b", "read", 503, 0.01, retry_after="1"))  # no X-Region
+    shed = checked(shed)
+    assert shed["summary"]["a_reads_during_cut"]["shed"] == 1
+    assert shed["verdict"]["A's reads during the cut: served stale with the lag"]
+    silent = result()
+    silent["load"]["calls"].append(call(5 + 10, "a", "b", "read", 0, 4.0))
+    silent = checked(silent)
+    assert silent["summary"]["a_reads_during_cut"]["no_answer"] == 1
+    assert not silent["verdict"]["A's reads during the cut: served stale with the lag"]
+
+
 def test_lag_not_back_to_zero_an_order_stuck_or_misplaced_each_fail_their_check():
     base = result()
     lagging = copy.deepcopy(base)
