@@ -17,9 +17,9 @@ from core.domain import ProjectOrder
 
 
 class ProjectionActivities:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, region: str = "") -> None:
         self._engine = engine
-        self._read_model = OrderReadModel(engine)
+        self._read_model = OrderReadModel(engine, region=region)
 
     @activity.defn(name="project_order")
     async def project_order(self, request: ProjectOrder) -> None:
@@ -29,4 +29,4 @@ class ProjectionActivities:
         # Both idempotent, so a retry of the whole transaction changes nothing twice.
         async with self._engine.begin() as conn:
             await commit_stock_in(conn, request.commit_stock)
-            await OrderReadModel.project_in(conn, request.seq, request.view)
+            await self._read_model.project_in(conn, request.seq, request.view)

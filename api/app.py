@@ -17,6 +17,7 @@ from api.observability import install_observability
 from api.openapi import install_openapi
 from api.overload import LoadShedding
 from api.ratelimit import RateLimits
+from api.regions import RegionRouting, heartbeat_loop, peer_client
 from api.routes import carrier, catalog, codec, health, orders, warehouses
 from core.config import Settings
 from core.db.engine import create_engine
@@ -70,9 +71,18 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
         if settings.idempotency_sweep_interval_s > 0:
             app.state.key_sweeper = KeySweeper(app.state.engine, settings, app.state.metrics.key_sweeps)
             sweeping = asyncio.create_task(app.state.key_sweeper.run(stop_sweeping), name="idempotency-key-sweeper")
+        heartbeats = None
+        if settings.multi_region:
+            app.state.peer_client = peer_client(settings)
+            heartbeats = asyncio.create_task(heartbeat_loop(app.state.engine, settings), name="region-heartbeat")
         try:
             yield
         finally:
+            if heartbeats is not None:
+                heartbeats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeats
+                await app.state.peer_client.aclose()
             if sweeping is not None:
                 # The sweep stops between batches; a batch is one short statement.
                 stop_sweeping.set()
@@ -97,6 +107,9 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
     install_openapi(app)
     for router in (orders.router, catalog.router, warehouses.router, carrier.router, health.router, codec.router):
         app.include_router(router)
+    if settings.multi_region:
+        # Inside the rate limiter, which leaves the verified token's claims for it (docs/regions.md).
+        app.add_middleware(RegionRouting, settings=settings)
     app.add_middleware(RateLimits, settings=settings)  # inside RequestGuards: 429s carry the request id
     # Before the rate limiter (shedding costs nothing), inside RequestGuards (503s carry the id).
     app.add_middleware(

@@ -247,6 +247,7 @@ PRODUCT_COMMAND_MODULES: list[str] = [
     "cli.retry",  # orders retry ORDER_ID
     "cli.temporal_admin",  # orders temporal setup
     "cli.keys",  # orders keys sweep
+    "cli.regions",  # orders regions link|unlink|status|home|rehome
 ]
 
 #: Entry-point group through which the development tools (the `orders-tools` distribution in

@@ -6,6 +6,7 @@ Nothing is built at import time: composition roots call :func:`get_settings`.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +17,8 @@ DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"
 DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-change-me"
 # Payload encryption key for development and tests only; refused in production.
 DEV_CODEC_KEYS = "dev-2026:Mo5SMVV2kagOA7q9XSdvrjJjjnAzsTaYwYDaE1oC2Q8="
+# A region name appears in SQL object names (publications, subscriptions) unquoted.
+REGION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class Settings(BaseSettings):
@@ -121,6 +124,23 @@ class Settings(BaseSettings):
     # Peers whose X-Forwarded-For is believed (IP addresses or CIDR ranges); others count by peer IP.
     trusted_proxies: list[str] = []
 
+    # Regions (docs/regions.md). A region is a complete cell; every customer has one home region and
+    # its orders are written only there. Without peers the platform is one region and nothing of
+    # this applies (no forwarding, no directory look-ups, no heartbeats).
+    region: str = ""  # this region's name: a lower-case identifier, e.g. "eu" or "a"
+    # Peer region name -> base URL of its gateway (requests for customers homed there go to it).
+    region_peers: dict[str, str] = {}
+    # Peer region name -> libpq DSN (postgresql://user@host:port/db) this region's PostgreSQL uses to
+    # subscribe to the peer's order read model (`orders regions link`).
+    region_peer_database_urls: dict[str, str] = {}
+    # A forwarded request gets at most this long to connect and this long in all to get its answer's
+    # headers; past it, a write is answered 503 + Retry-After and a read from the local replica.
+    region_forward_connect_timeout_s: float = Field(0.5, gt=0)
+    region_forward_timeout_s: float = Field(1.5, gt=0)
+    region_retry_after_s: int = Field(5, ge=1)
+    # How often the gateway stamps this region's heartbeat row (replicated: the peers' replica lag).
+    region_heartbeat_s: float = Field(1.0, gt=0)
+
     # Sandbox providers (`orders sandbox`).
     sandbox_host: str = "127.0.0.1"
     sandbox_port: int = 8100
@@ -196,6 +216,35 @@ class Settings(BaseSettings):
             if set(parse_keys(DEV_CODEC_KEYS).values()) & set(keys.values()):
                 raise ValueError("ORDERS_CODEC_KEYS must not contain the development key in production")
         return self
+
+    @model_validator(mode="after")
+    def _regions_consistent(self) -> Settings:
+        names = [self.region, *self.region_peers] if self.region else list(self.region_peers)
+        for name in names:
+            if not REGION_NAME.match(name):
+                raise ValueError(
+                    f"region name {name!r} must be a lower-case identifier (a-z, 0-9, _; at most 32, a letter first)"
+                )
+        if self.region_peers and not self.region:
+            raise ValueError("ORDERS_REGION must name this region when ORDERS_REGION_PEERS is set")
+        if self.region in self.region_peers:
+            raise ValueError(f"ORDERS_REGION_PEERS must not name this region ({self.region!r})")
+        unknown = set(self.region_peer_database_urls) - set(self.region_peers)
+        if unknown:
+            raise ValueError(f"ORDERS_REGION_PEER_DATABASE_URLS names regions that are no peers: {sorted(unknown)}")
+        if self.region_forward_connect_timeout_s > self.region_forward_timeout_s:
+            raise ValueError("ORDERS_REGION_FORWARD_CONNECT_TIMEOUT_S must not exceed ORDERS_REGION_FORWARD_TIMEOUT_S")
+        return self
+
+    @property
+    def multi_region(self) -> bool:
+        """Whether this region has peers (forwarding, the home directory and heartbeats are on)."""
+        return bool(self.region_peers)
+
+    @property
+    def regions(self) -> list[str]:
+        """Every region's name, sorted: the same list in every region of one deployment."""
+        return sorted({self.region, *self.region_peers}) if self.region else []
 
     @property
     def effective_sandbox_database_url(self) -> str:

@@ -176,6 +176,9 @@ _OPEN_ORDERS = text(
                ELSE :cutoff END) AS stuck
     FROM orders
     WHERE status <> ALL(:terminal)
+      -- This region's orders only: a peer's replicated ones are its own to report (and look stuck
+      -- here while it is cut off). '' = written before regions.
+      AND region IN (:region, '')
     GROUP BY status
     """
 ).bindparams(
@@ -184,6 +187,7 @@ _OPEN_ORDERS = text(
     bindparam("customer_cutoff", type_=DateTime(timezone=True)),
     bindparam("delivery_cutoff", type_=DateTime(timezone=True)),
     bindparam("terminal", type_=ARRAY(String)),
+    bindparam("region", type_=String),
 )
 
 
@@ -201,6 +205,7 @@ async def open_orders(engine: AsyncEngine, settings: Settings) -> list[tuple[str
                 "customer_cutoff": now - grace - timedelta(seconds=settings.customer_response_timeout_s),
                 "delivery_cutoff": now - grace - timedelta(seconds=settings.delivery_deadline_s),
                 "terminal": [status.value for status in OrderStatus if status.is_terminal],
+                "region": settings.region,
             },
         )
         return [(row.status, row.open, row.stuck) for row in result]

@@ -170,7 +170,7 @@ class OrderService:
         self._engine = engine
         self._temporal_connection = temporal
         self._catalog = Catalog(engine)
-        self._read_model = OrderReadModel(engine)
+        self._read_model = OrderReadModel(engine, region=settings.region)
         self._rpc_timeout = timedelta(seconds=settings.temporal_rpc_timeout_s)
 
     # --- submission ---------------------------------------------------------------------------
@@ -209,7 +209,7 @@ class OrderService:
                     # The view as the domain has it: a replay rebuilds it to restart the workflow,
                     # and the gateway maps it to its public body every time, the first one too.
                     await store.save_response(idempotency_key, 202, view.model_dump(mode="json"))
-                    await self._read_model.insert_received(conn, view)
+                    await self._read_model.insert_received(conn, view, region=self._settings.region)
                 else:
                     record = await store.load(idempotency_key)
                     assert record is not None  # claim() found it under the same transaction

@@ -37,7 +37,7 @@ def queue_specs(
     stock = StockActivities(engine)
     payment = PaymentActivities(http, settings.payment_base_url)
     shipping = ShippingActivities(http, settings.carrier_base_url)
-    projection = ProjectionActivities(engine)
+    projection = ProjectionActivities(engine, region=settings.region)
     return {
         # The order workflow runs its stock work as local activities (PATCH_LEAN_HISTORY; the
         # projection of `shipped` commits the stock), so its worker holds them too; the inventory

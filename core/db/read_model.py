@@ -32,9 +32,10 @@ from core.db.tables import order_events, order_shipments, orders
 from core.domain import CarrierEvent, OrderStatus, OrderView
 
 
-def order_row(view: OrderView, seq: int) -> dict:
-    """The ``orders`` row of a view at transition number ``seq``."""
+def order_row(view: OrderView, seq: int, region: str = "") -> dict:
+    """The ``orders`` row of a view at transition number ``seq``, written in ``region``."""
     return {
+        "region": region,
         "id": view.id,
         "customer_id": view.customer_id,
         "status": view.status.value,
@@ -134,17 +135,23 @@ class OrderPage:
 
 
 class OrderReadModel:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, region: str = "") -> None:
         self._engine = engine
+        self._region = region  # stamped on the rows this region inserts (docs/regions.md)
+
+    def _own_rows(self) -> ColumnElement[bool]:
+        """Orders this region accepted (or from before regions): a peer's replicated rows are read
+        here, never acted on (carrier events go to the region that shipped)."""
+        return orders.c.region.in_([self._region, ""])
 
     # --- writes -------------------------------------------------------------------------------
 
     @staticmethod
-    async def insert_received(conn: AsyncConnection, view: OrderView) -> None:
+    async def insert_received(conn: AsyncConnection, view: OrderView, *, region: str = "") -> None:
         """Write a just-accepted order (seq 1) and its ``received`` event inside the caller's
         transaction, so the row commits together with the Idempotency-Key claim. A row that is
         already there (a retry, or a projection that got ahead) is left as it is."""
-        await conn.execute(insert(orders).values(**order_row(view, seq=1)).on_conflict_do_nothing())
+        await conn.execute(insert(orders).values(**order_row(view, seq=1, region=region)).on_conflict_do_nothing())
         await conn.execute(insert(order_events).values(_event_rows(view)).on_conflict_do_nothing())
 
     @staticmethod
@@ -160,15 +167,15 @@ class OrderReadModel:
         async with self._engine.begin() as conn:
             await self.project_in(conn, seq, view)
 
-    @staticmethod
-    async def project_in(conn: AsyncConnection, seq: int, view: OrderView) -> None:
+    async def project_in(self, conn: AsyncConnection, seq: int, view: OrderView) -> None:
         """:meth:`project` inside the caller's transaction."""
-        row = order_row(view, seq)
+        row = order_row(view, seq, self._region)
         statement = insert(orders).values(**row)
         await conn.execute(
             statement.on_conflict_do_update(
                 index_elements=[orders.c.id],
-                set_={k: statement.excluded[k] for k in row if k not in {"id", "created_at"}},
+                # The region is the one that accepted the order, never changed by a projection.
+                set_={k: statement.excluded[k] for k in row if k not in {"id", "created_at", "region"}},
                 where=orders.c.seq < statement.excluded.seq,
             )
             # Waiting readers learn of the transition when it commits (no row: nothing changed).
@@ -190,7 +197,7 @@ class OrderReadModel:
             return (
                 await conn.execute(
                     update(orders)
-                    .where(_has_tracking_number(tracking_number))
+                    .where(_has_tracking_number(tracking_number), self._own_rows())
                     .values(tracking=first.op("||", return_type=JSONB)(orders.c.tracking))
                     .returning(orders.c.id, notify_clause())
                 )
@@ -223,7 +230,7 @@ class OrderReadModel:
     async def find_by_tracking_number(self, tracking_number: str) -> OrderView | None:
         async with self._engine.connect() as conn:
             view = (
-                await conn.execute(select(orders.c.view).where(_has_tracking_number(tracking_number)))
+                await conn.execute(select(orders.c.view).where(_has_tracking_number(tracking_number), self._own_rows()))
             ).scalar_one_or_none()
         return OrderView.model_validate(view) if view is not None else None
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
     text,
 )
@@ -105,6 +106,10 @@ orders = Table(
     Column("seq", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The region that accepted the order, where its workflow runs; '' before regions (docs/regions.md).
+    # (id, region) is the replica identity, so a publication may filter on the region.
+    Column("region", String(32), nullable=False, server_default=""),
+    UniqueConstraint("id", "region"),
     Index("ix_orders_customer_created", "customer_id", "created_at", "id"),
     Index("ix_orders_status_created", "status", "created_at", "id"),
     Index("ix_orders_created", "created_at", "id"),
@@ -148,4 +153,33 @@ idempotency_keys = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("customer_id", "route", "key"),
     Index("ix_idempotency_keys_expires_at", "expires_at"),
+)
+
+# The home-region directory (docs/regions.md): operator overrides of the default rule, one per customer.
+customer_homes = Table(
+    "customer_homes",
+    metadata,
+    Column("customer_id", String(255), primary_key=True),
+    Column("region", String(32), nullable=False),
+    Column("changed_by", String(255), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+)
+
+# A region lost for good: its customers' new orders go to `served_by` (`orders regions rehome`).
+region_redirects = Table(
+    "region_redirects",
+    metadata,
+    Column("region", String(32), primary_key=True),
+    Column("served_by", String(32), nullable=False),
+    Column("changed_by", String(255), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("region <> served_by", name="not_to_itself"),
+)
+
+# One row per region, stamped by its gateway and replicated: the age of a peer's row is the lag.
+region_heartbeats = Table(
+    "region_heartbeats",
+    metadata,
+    Column("region", String(32), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
 )

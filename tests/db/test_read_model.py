@@ -221,3 +221,23 @@ def test_tracking_events_stored_before_orders_had_several_parcels_still_read():
         (CarrierEventKind.PICKED_UP, None),
         (CarrierEventKind.IN_TRANSIT, "TRK-2"),
     ]
+
+
+async def test_a_peer_regions_replicated_order_is_read_here_but_never_acted_on(engine):
+    """A row another region wrote (replicated here) keeps its region; carrier events for its parcels
+    are that region's, so this region neither finds it by tracking number nor records on it."""
+    peer, here = OrderReadModel(engine, region="b"), OrderReadModel(engine, region="a")
+    view = advanced(received(), OrderStatus.SHIPPED)
+    view.tracking_number = random_ref("TRK")
+    await peer.project(2, view)  # as the replication applies B's row
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(orders.c.region).where(orders.c.id == view.id))).scalar_one() == "b"
+    assert (await here.get(view.id)) is not None
+    assert await here.find_by_tracking_number(view.tracking_number) is None
+    event = CarrierEvent(event=CarrierEventKind.IN_TRANSIT, occurred_at=T0, tracking_number=view.tracking_number)
+    assert await here.record_tracking(view.tracking_number, event) is None
+    assert (await peer.find_by_tracking_number(view.tracking_number)) is not None
+    # A later projection in B never moves the row to another region.
+    await OrderReadModel(engine, region="c").project(3, advanced(view, OrderStatus.COMPLETED))
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(orders.c.region).where(orders.c.id == view.id))).scalar_one() == "b"

@@ -21,7 +21,7 @@ from cli.main import TOOL_COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT_PACKAGES = {"core", "workflows", "activities", "workers", "api", "cli"}
-TOOL_PACKAGES = {"devstack", "sandbox", "bench"}
+TOOL_PACKAGES = {"devstack", "sandbox", "bench", "drill"}
 
 
 def pyproject(path: Path) -> dict:

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,15 @@ class StackOptions:
     # embedded one: a fresh database is created on it for this stack and left there afterwards.
     database_server_url: str | None = None
     keep_data: bool = False
+    # The address every server listens on and is reached at: another one than loopback serves a
+    # cell of `orders regions drill` inside its network namespace, reached from the others.
+    host: str = "127.0.0.1"
+    postgres_settings: Mapping[str, Any] = field(default_factory=dict)  # e.g. wal_level for replication
+    # Networks (CIDR) whose clients PostgreSQL lets in without a password (a peer region subscribing).
+    postgres_trusted_networks: Sequence[str] = ()
+    # Fixed ports by server name (postgres, temporal, sandbox, api) instead of free ones: a cell in
+    # a network namespace of its own, whose peers must know its addresses before it starts.
+    ports: Mapping[str, int] = field(default_factory=dict)
 
 
 class BenchStack:
@@ -74,7 +83,11 @@ class BenchStack:
         self.data_dir = (self.options.data_dir or Path(tempfile.mkdtemp(prefix="orders-bench-"))).absolute()
         self.logs = self.data_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.ports = {name: free_port() for name in ("postgres", "temporal", "sandbox", "api")}
+        self.host = self.options.host
+        self.ports = {
+            name: self.options.ports.get(name) or free_port(self.host)
+            for name in ("postgres", "temporal", "sandbox", "api")
+        }
         self.postgres = None
         self.temporal = None
         self.sandbox = None
@@ -94,10 +107,12 @@ class BenchStack:
             self.postgres = EmbeddedPostgres(
                 self.data_dir / "postgres",
                 port=self.ports["postgres"],
+                host=self.host,
                 log_path=self.logs / "postgres.log",
                 # Durable commits: a SIGKILLed server must not lose an accepted order. More connections
                 # than the default 100: gateway, sandbox and each worker hold a pool of 20.
-                settings={"synchronous_commit": "on", "max_connections": 200},
+                settings={"synchronous_commit": "on", "max_connections": 200, **self.options.postgres_settings},
+                trusted_networks=list(self.options.postgres_trusted_networks),
             )
             self.postgres.start()
             self.postgres.ensure_database("orders")
@@ -107,19 +122,23 @@ class BenchStack:
             self.data_dir / "temporal.db",
             port=self.ports["temporal"],
             ui_port=None,
+            # The dev server's own services reach each other on 127.0.0.1: away from loopback it
+            # listens on every address of its (network namespace's) interfaces.
+            ip=self.host if self.host == "127.0.0.1" else "0.0.0.0",
             search_attributes=SEARCH_ATTRIBUTES,
             log_dir=self.logs,
             dynamic_config=dict(self.options.temporal_dynamic_config),
         )
         self.temporal.start()
-        api_url = f"http://127.0.0.1:{self.ports['api']}"
-        sandbox_url = f"http://127.0.0.1:{self.ports['sandbox']}"
+        api_url, sandbox_url = self.api_url, self.sandbox_url
         values = {
             **BENCH_DEFAULTS,
             "database_url": database_url,
-            "temporal_address": self.temporal.address,
+            "temporal_address": f"{self.host}:{self.ports['temporal']}",
+            "api_host": self.host,
             "api_port": self.ports["api"],
             "public_base_url": api_url,
+            "sandbox_host": self.host,
             "sandbox_port": self.ports["sandbox"],
             "payment_base_url": f"{sandbox_url}/payments",
             "carrier_base_url": f"{sandbox_url}/carrier",
@@ -165,11 +184,11 @@ class BenchStack:
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['api']}"
+        return f"http://{self.host}:{self.ports['api']}"
 
     @property
     def sandbox_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['sandbox']}"
+        return f"http://{self.host}:{self.ports['sandbox']}"
 
     def start_worker(self):
         """Start one more `orders worker`; it is ready once Temporal has seen it poll every queue."""

@@ -74,7 +74,7 @@ def _orders_command() -> str:
 
 def run_dev(args: argparse.Namespace, settings: Settings) -> int:
     from cli.main import STACK_FILE, CliError, read_stack_file
-    from devstack.postgres import EmbeddedPostgres
+    from devstack.postgres import LOGICAL_REPLICATION, EmbeddedPostgres
     from devstack.processes import ManagedProcess, Supervisor, port_is_open
     from devstack.temporal import TemporalDevServer
     from devstack.watchdog import ensure_watchdog
@@ -104,7 +104,12 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
             _say("using PostgreSQL from ORDERS_DATABASE_URL")
         else:
             _say(f"starting embedded PostgreSQL on 127.0.0.1:{args.postgres_port} (data in {data_dir / 'postgres'})")
-            postgres = EmbeddedPostgres(data_dir / "postgres", port=args.postgres_port, log_path=logs / "postgres.log")
+            postgres = EmbeddedPostgres(
+                data_dir / "postgres",
+                port=args.postgres_port,
+                log_path=logs / "postgres.log",
+                settings=LOGICAL_REPLICATION if args.logical_replication else None,
+            )
             postgres.start()
             postgres.ensure_database("orders")
             database_url = postgres.url("orders")
@@ -243,4 +248,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dev.add_argument("--postgres-port", type=int, default=5433)
     dev.add_argument("--data-dir", type=Path, default=None, help="where data is kept (default .data)")
     dev.add_argument("--no-worker", action="store_true", help="start everything but the worker")
+    dev.add_argument(
+        "--logical-replication",
+        action="store_true",
+        help="run PostgreSQL with wal_level=logical (a region that `orders regions link` can replicate; docs/regions.md)",
+    )
     dev.set_defaults(func=cmd_dev)

@@ -48,10 +48,13 @@ from .binaries import postgres_bin_dir
 from .processes import port_is_open, tail_file
 from .watchdog import ensure_watchdog, record
 
-__all__ = ["EmbeddedPostgres", "PostgresError"]
+__all__ = ["LOGICAL_REPLICATION", "EmbeddedPostgres", "PostgresError"]
 
 _STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 _FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+#: Server settings of a region whose order tables are replicated to its peers (docs/regions.md):
+#: logical decoding, and room for one slot and walsender per peer plus initial table syncs.
+LOGICAL_REPLICATION = {"wal_level": "logical", "max_replication_slots": "16", "max_wal_senders": "16"}
 _UNIX_SOCKET_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 
 
@@ -81,6 +84,7 @@ class EmbeddedPostgres:
         pg_major: int | None = None,
         os_user: str = "pgserver",
         start_timeout: float = 30.0,
+        trusted_networks: list[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = int(port)
@@ -97,6 +101,9 @@ class EmbeddedPostgres:
         self.bin_dir = postgres_bin_dir(pg_major)
         self.os_user = os_user
         self.start_timeout = start_timeout
+        # Beyond loopback (initdb's default), clients from these CIDR ranges get in without a
+        # password too: a peer region's PostgreSQL subscribing to this one (docs/regions.md).
+        self.trusted_networks = list(trusted_networks or [])
         self._server_bin_dir: Path | None = None  # where the run user executes the binaries from
         self._proc: subprocess.Popen | None = None
         self._pid: int | None = None  # postmaster pid we started or adopted
@@ -125,6 +132,7 @@ class EmbeddedPostgres:
         ensure_watchdog()  # also stops servers that dead owners left, which may hold our port
         self._init_if_needed()
         self._check_version()
+        self._trust_networks()
 
         running = self._running_postmaster()
         if running is not None:
@@ -365,6 +373,18 @@ class EmbeddedPostgres:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.last_initdb_seconds = time.monotonic() - t0
+
+    def _trust_networks(self) -> None:
+        """Append ``host all all <cidr> trust`` for each trusted network not yet in pg_hba.conf
+        (read at server start; a running server adopted here needs a reload to see them)."""
+        if not self.trusted_networks:
+            return
+        hba = self.data_dir / "pg_hba.conf"
+        lines = hba.read_text().splitlines()
+        missing = [f"host all all {cidr} trust" for cidr in self.trusted_networks]
+        missing = [line for line in missing if line not in lines]
+        if missing:
+            hba.write_text("\n".join([*lines, *missing]) + "\n")
 
     def _check_version(self) -> None:
         have = (self.data_dir / "PG_VERSION").read_text().strip()

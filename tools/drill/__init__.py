@@ -1,0 +1,1 @@
+"""`orders regions drill`: two regional cells in network namespaces, one cut off, measured."""
