@@ -214,3 +214,22 @@ def test_settings_of_a_region():
 def test_inconsistent_region_settings_are_refused(values, message):
     with pytest.raises(ValueError, match=message):
         Settings(environment="test", **values)
+
+
+@pytest.mark.parametrize(
+    ("query", "wait"),
+    [
+        (b"", 0.0),
+        (b"wait=20", 20.0),
+        (b"until=completed&wait=2.5", 2.5),
+        (b"wait=300", 30.0),  # bounded like the home bounds it
+        (b"wait=-4", 0.0),
+        (b"wait=soon", 0.0),  # the home answers 422 at once
+        (b"wait=nan", 0.0),
+        (b"wait=inf", 0.0),
+    ],
+)
+def test_a_forwarded_long_poll_gets_its_wait_on_top_of_the_forward_budget(query, wait):
+    from api.regions import _long_poll_wait
+
+    assert _long_poll_wait(query, 30) == wait
