@@ -242,3 +242,24 @@ def test_completed_orders_are_grouped_by_fulfilment_kind_for_the_temporal_cost()
         OrderOutcome("expensive", "k6", "c", 0, **{**done, "order_id": "f"}),
     ]
     assert completed_by_kind(result) == {"single": ["a"], "split": ["b"], "amended": ["c"]}
+
+
+def test_platform_own_cpu_counts_gateway_workers_temporal_and_postgres_only():
+    from bench.measure.resources import engine_cpu_ms, platform_own_cpu_ms
+
+    platform = {
+        "cpu_ms_per_unit": {
+            "worker-1": 50.0,
+            "worker-2": 10.0,
+            "temporal": 60.0,
+            "api": 30.0,
+            "postgres": 5.0,
+            "sandbox": 40.0,
+            "load generator": 20.0,
+        }
+    }
+    assert platform_own_cpu_ms(platform) == 155.0
+    assert platform_own_cpu_ms({}) is None
+    bare = {"cpu_ms_per_unit": {"temporal": 40.0, "bare worker": 30.0, "load generator": 3.0}}
+    assert engine_cpu_ms(bare) == 70.0
+    assert engine_cpu_ms({"cpu_ms_per_unit": {"temporal": 40.0}}) is None

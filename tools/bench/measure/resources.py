@@ -60,3 +60,23 @@ def cpu_per_unit(before: dict[str, float], after: dict[str, float], units: int, 
         "cpu_ms_per_unit_total": round(1000 * total / units, 1) if units else None,
         "machine_busy": round(total / elapsed_s / (os.cpu_count() or 1), 2) if elapsed_s else None,
     }
+
+
+# The platform's own processes: what a user of the platform pays for (the sandbox providers stand
+# in for outside services and the load generator for the clients, so they are reported apart).
+PLATFORM_OWN = ("api", "worker", "temporal", "postgres")
+
+
+def platform_own_cpu_ms(cpu: dict[str, Any]) -> float | None:
+    """CPU ms per unit of the gateway, the workers (``worker-N``), Temporal and PostgreSQL, from
+    :func:`cpu_per_unit`'s figures; None when they are unknown."""
+    per_unit = cpu.get("cpu_ms_per_unit") or {}
+    own = [value for name, value in per_unit.items() if name.split("-")[0] in PLATFORM_OWN and value is not None]
+    return round(sum(own), 1) if own else None
+
+
+def engine_cpu_ms(cpu: dict[str, Any]) -> float | None:
+    """CPU ms per bare-engine workflow of the Temporal server and the bare worker (not its driver)."""
+    per_unit = cpu.get("cpu_ms_per_unit") or {}
+    parts = [per_unit.get("temporal"), per_unit.get("bare worker")]
+    return round(sum(parts), 1) if all(part is not None for part in parts) else None
