@@ -16,6 +16,8 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -182,6 +184,14 @@ class OrderReadModel:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @asynccontextmanager
+    async def _single_statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one statement that is its own transaction: no BEGIN and no
+        COMMIT/ROLLBACK round trips around it (asyncpg's isolation level is set and reset on the
+        client, without a round trip)."""
+        async with self._engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
     # --- writes -------------------------------------------------------------------------------
 
     @staticmethod
@@ -202,9 +212,8 @@ class OrderReadModel:
         """Write transition number ``seq`` of an order. Idempotent and monotonic: the row only moves
         forward to a higher ``seq`` (a retried or late write never rolls it back), and history
         entries already written are kept."""
-        async with self._engine.connect() as conn:
+        async with self._single_statement() as conn:
             # One statement in its own transaction (see _PROJECT): it commits or fails as a whole.
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(_PROJECT, projection_parameters(seq, view))
 
     async def record_tracking(self, tracking_number: str, event: CarrierEvent) -> uuid.UUID | None:
@@ -213,7 +222,7 @@ class OrderReadModel:
         or None for an unknown number."""
         key = f"{event.event.value}@{tracking_number}"
         first = func.jsonb_build_object(key, literal(event.occurred_at.isoformat()))
-        async with self._engine.begin() as conn:
+        async with self._single_statement() as conn:
             return (
                 await conn.execute(
                     update(orders)
@@ -226,12 +235,12 @@ class OrderReadModel:
     # --- reads --------------------------------------------------------------------------------
 
     async def get(self, order_id: uuid.UUID) -> OrderView | None:
-        async with self._engine.connect() as conn:
+        async with self._single_statement() as conn:
             row = (await conn.execute(select(orders.c.view, orders.c.tracking).where(orders.c.id == order_id))).first()
         return with_tracking(row.view, row.tracking) if row is not None else None
 
     async def find_by_tracking_number(self, tracking_number: str) -> OrderView | None:
-        async with self._engine.connect() as conn:
+        async with self._single_statement() as conn:
             view = (
                 await conn.execute(select(orders.c.view).where(_has_tracking_number(tracking_number)))
             ).scalar_one_or_none()
@@ -257,7 +266,7 @@ class OrderReadModel:
                 or_(orders.c.created_at < created_at, and_(orders.c.created_at == created_at, orders.c.id < order_id))
             )
         query = query.order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit + 1)
-        async with self._engine.connect() as conn:
+        async with self._single_statement() as conn:
             rows = (await conn.execute(query)).all()
         items = [with_tracking(row.view, row.tracking) for row in rows[:limit]]
         next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
