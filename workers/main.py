@@ -12,6 +12,7 @@ import signal
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from datetime import timedelta
+from pathlib import Path
 
 import structlog
 from temporalio.client import Client
@@ -50,10 +51,16 @@ def cache_workflow_bytecode(workflow_classes: Iterable[type]) -> None:
     checkout nobody imported from yet, and then compiles the source every time, a cost that shows
     in a busy worker's profile (docs/performance.md). A read-only install is fine: the image
     compiles its bytecode at build time.
+
+    The modules beside it in its package are compiled too: a ``from workflows import policies``
+    inside the sandbox loads ``workflows.policies`` afresh as well (the package is reloaded with
+    the workflow module, and a from-list import bypasses the sandbox's pass-through).
     """
     for cls in workflow_classes:
         try:
-            py_compile.compile(inspect.getfile(cls), doraise=True)
+            module = Path(inspect.getfile(cls))
+            for source in sorted({module, *module.parent.glob("*.py")}):
+                py_compile.compile(str(source), doraise=True)
         except (OSError, TypeError, py_compile.PyCompileError) as error:
             log.debug("workflow bytecode not cached", workflow=cls.__name__, error=str(error))
 

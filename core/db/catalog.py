@@ -77,6 +77,7 @@ class Catalog:
             .order_by(products.c.sku)
         )
         async with self._engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")  # one statement: no BEGIN/ROLLBACK
             rows = (await conn.execute(query)).mappings().all()
         return [
             Product(r["sku"], r["name"], r["unit_price"], r["currency"], int(r["on_hand"]), int(r["reserved"]))
@@ -86,6 +87,7 @@ class Catalog:
     async def prices(self, skus: builtins.list[str]) -> dict[str, tuple[int, str]]:
         """Unit price and currency of each known SKU among ``skus``."""
         async with self._engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")  # one statement: no BEGIN/ROLLBACK
             rows = (
                 await conn.execute(
                     select(products.c.sku, products.c.unit_price, products.c.currency).where(products.c.sku.in_(skus))

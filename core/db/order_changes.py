@@ -45,13 +45,17 @@ def order_version(seq: int, tracking: dict | None) -> str:
     return f"{seq}.{len(tracking or {})}"
 
 
+#: The SQL of :func:`notify_clause`, for statements written as text.
+NOTIFY_EXPRESSION = (
+    f"pg_notify('{CHANNEL}', orders.id::text || ' ' || orders.seq::text || '.' || "
+    "(SELECT count(*) FROM jsonb_object_keys(orders.tracking))::text || ' ' || orders.status) AS notified"
+)
+
+
 def notify_clause() -> ColumnElement:
     """A RETURNING column that NOTIFYs :data:`CHANNEL` with the written row's id, version and
     status; evaluated only for rows the statement really wrote, delivered when the transaction commits."""
-    return literal_column(
-        f"pg_notify('{CHANNEL}', orders.id::text || ' ' || orders.seq::text || '.' || "
-        "(SELECT count(*) FROM jsonb_object_keys(orders.tracking))::text || ' ' || orders.status)"
-    ).label("notified")
+    return literal_column(NOTIFY_EXPRESSION.removesuffix(" AS notified")).label("notified")
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,26 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Text, and_, cast, func, literal, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Text,
+    Uuid,
+    and_,
+    bindparam,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from core.db.order_changes import notify_clause, order_version
+from core.db.order_changes import NOTIFY_EXPRESSION, notify_clause, order_version
 from core.db.tables import order_events, order_shipments, orders
 from core.domain import CarrierEvent, OrderStatus, OrderView
 
@@ -91,6 +106,61 @@ def _shipment_rows(view: OrderView) -> list[dict]:
     ]
 
 
+# Transition ``seq`` of an order in one statement: the ``orders`` upsert (only to a higher ``seq``),
+# with the history entries and the shipments' tracking numbers inserted by data-modifying CTEs from
+# JSON arrays. One fixed text, so it is compiled and prepared once per connection (a statement
+# built per call with a variable number of VALUES rows is neither cached by SQLAlchemy nor by
+# asyncpg), and one round trip in its own transaction instead of BEGIN, three writes and COMMIT.
+# The foreign keys of the CTEs' rows are checked at the end of the statement, after the order row.
+_PROJECT = text(
+    """
+    WITH projected_events AS (
+        INSERT INTO order_events (order_id, seq, status, note, at)
+        SELECT :id, e.seq, e.status, e.note, e.at
+        FROM jsonb_to_recordset(:events) AS e(seq integer, status varchar, note text, at timestamptz)
+        ON CONFLICT DO NOTHING
+    ), projected_shipments AS (
+        INSERT INTO order_shipments (tracking_number, order_id, shipment_id)
+        SELECT s.tracking_number, :id, s.shipment_id
+        FROM jsonb_to_recordset(:shipments) AS s(tracking_number varchar, shipment_id varchar)
+        ON CONFLICT DO NOTHING
+    )
+    INSERT INTO orders (region, id, customer_id, status, failure_reason, total, currency, tracking_number, view,
+                        seq, created_at, updated_at)
+    VALUES (:region, :id, :customer_id, :status, :failure_reason, :total, :currency, :tracking_number, :view,
+            :seq, :created_at, :updated_at)
+    ON CONFLICT (id) DO UPDATE SET
+        customer_id = excluded.customer_id, status = excluded.status, failure_reason = excluded.failure_reason,
+        total = excluded.total, currency = excluded.currency, tracking_number = excluded.tracking_number,
+        view = excluded.view, seq = excluded.seq, updated_at = excluded.updated_at
+    WHERE orders.seq < excluded.seq
+    RETURNING """
+    # Waiting readers learn of the transition when it commits (no row: nothing changed); the
+    # region is the one that accepted the order, never changed by a projection.
+    + NOTIFY_EXPRESSION
+).bindparams(
+    bindparam("id", type_=Uuid),
+    bindparam("total", type_=BigInteger),
+    bindparam("view", type_=JSONB),
+    bindparam("events", type_=JSONB),
+    bindparam("shipments", type_=JSONB),
+    bindparam("created_at", type_=DateTime(timezone=True)),
+    bindparam("updated_at", type_=DateTime(timezone=True)),
+)
+
+
+def projection_parameters(seq: int, view: OrderView, region: str = "") -> dict:
+    """The parameters of the projection statement for transition ``seq`` of ``view``."""
+    events = [
+        {"seq": index + 1, "status": change.status.value, "note": change.note, "at": change.at.isoformat()}
+        for index, change in enumerate(view.history)
+    ]
+    shipments = [
+        {"tracking_number": row["tracking_number"], "shipment_id": row["shipment_id"]} for row in _shipment_rows(view)
+    ]
+    return {**order_row(view, seq, region), "events": events, "shipments": shipments}
+
+
 def _has_tracking_number(tracking_number: str) -> ColumnElement[bool]:
     """The order one of whose shipments has this tracking number. The shipment lookup is a scalar
     subquery (evaluated once), so both arms are index lookups."""
@@ -144,6 +214,14 @@ class OrderReadModel:
         here, never acted on (carrier events go to the region that shipped)."""
         return orders.c.region.in_([self._region, ""])
 
+    @asynccontextmanager
+    async def _single_statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one statement that is its own transaction: no BEGIN and no
+        COMMIT/ROLLBACK round trips around it (asyncpg's isolation level is set and reset on the
+        client, without a round trip)."""
+        async with self._engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
     # --- writes -------------------------------------------------------------------------------
 
     @staticmethod
@@ -164,28 +242,13 @@ class OrderReadModel:
         """Write transition number ``seq`` of an order. Idempotent and monotonic: the row only moves
         forward to a higher ``seq`` (a retried or late write never rolls it back), and history
         entries already written are kept."""
-        async with self._engine.begin() as conn:
+        async with self._single_statement() as conn:
+            # One statement in its own transaction (see _PROJECT): it commits or fails as a whole.
             await self.project_in(conn, seq, view)
 
     async def project_in(self, conn: AsyncConnection, seq: int, view: OrderView) -> None:
-        """:meth:`project` inside the caller's transaction."""
-        row = order_row(view, seq, self._region)
-        statement = insert(orders).values(**row)
-        await conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[orders.c.id],
-                # The region is the one that accepted the order, never changed by a projection.
-                set_={k: statement.excluded[k] for k in row if k not in {"id", "created_at", "region"}},
-                where=orders.c.seq < statement.excluded.seq,
-            )
-            # Waiting readers learn of the transition when it commits (no row: nothing changed).
-            .returning(notify_clause())
-        )
-        await conn.execute(insert(order_events).values(_event_rows(view)).on_conflict_do_nothing())
-        shipments = _shipment_rows(view)
-        if shipments:
-            # A tracking number, once given, names its shipment for good: repeats change nothing.
-            await conn.execute(insert(order_shipments).values(shipments).on_conflict_do_nothing())
+        """:meth:`project` inside the caller's transaction (or in its own, in autocommit)."""
+        await conn.execute(_PROJECT, projection_parameters(seq, view, self._region))
 
     async def record_tracking(self, tracking_number: str, event: CarrierEvent) -> uuid.UUID | None:
         """Keep a tracking-only carrier event of the order with this tracking number, that of any of
@@ -193,7 +256,7 @@ class OrderReadModel:
         or None for an unknown number."""
         key = f"{event.event.value}@{tracking_number}"
         first = func.jsonb_build_object(key, literal(event.occurred_at.isoformat()))
-        async with self._engine.begin() as conn:
+        async with self._single_statement() as conn:
             return (
                 await conn.execute(
                     update(orders)
@@ -205,21 +268,13 @@ class OrderReadModel:
 
     # --- reads --------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for one read of one statement, in autocommit: a lone SELECT sees one
-        snapshot either way, and without the driver's implicit BEGIN and ROLLBACK around it a read
-        costs two round trips to PostgreSQL fewer."""
-        async with self._engine.connect() as conn:
-            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
-
     async def get(self, order_id: uuid.UUID) -> OrderView | None:
         versioned = await self.get_versioned(order_id)
         return versioned.view if versioned is not None else None
 
     async def get_versioned(self, order_id: uuid.UUID) -> VersionedView | None:
         """The order and the version of this read (see :func:`core.db.order_changes.order_version`)."""
-        async with self._reading() as conn:
+        async with self._single_statement() as conn:
             row = (
                 await conn.execute(select(_VIEW_TEXT, orders.c.tracking, orders.c.seq).where(orders.c.id == order_id))
             ).first()
@@ -228,7 +283,7 @@ class OrderReadModel:
         return VersionedView(with_tracking(row.view, row.tracking), order_version(row.seq, row.tracking))
 
     async def find_by_tracking_number(self, tracking_number: str) -> OrderView | None:
-        async with self._engine.connect() as conn:
+        async with self._single_statement() as conn:
             view = (
                 await conn.execute(select(orders.c.view).where(_has_tracking_number(tracking_number), self._own_rows()))
             ).scalar_one_or_none()
@@ -254,7 +309,7 @@ class OrderReadModel:
                 or_(orders.c.created_at < created_at, and_(orders.c.created_at == created_at, orders.c.id < order_id))
             )
         query = query.order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit + 1)
-        async with self._reading() as conn:
+        async with self._single_statement() as conn:
             rows = (await conn.execute(query)).all()
         items = [with_tracking(row.view, row.tracking) for row in rows[:limit]]
         next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None

@@ -346,3 +346,25 @@ def test_platform_over_dbos_compares_throughput_and_own_cpu_without_sandbox_and_
     report["platform"]["mode"] = "closed loop"
     report["platform"]["summary"]["duration_s"] = 1
     assert write_chart(report, tmp_path / "chart.png") and (tmp_path / "chart.png").stat().st_size > 0
+
+
+def test_platform_own_cpu_counts_gateway_workers_temporal_and_postgres_only():
+    from bench.measure.resources import engine_cpu_ms, own_cpu_ms
+
+    platform = {
+        "cpu_ms_per_unit_total": 215.0,
+        "cpu_ms_per_unit": {
+            "worker-1": 50.0,
+            "worker-2": 10.0,
+            "temporal": 60.0,
+            "api": 30.0,
+            "postgres": 5.0,
+            "sandbox": 40.0,
+            "load generator": 20.0,
+        },
+    }
+    assert own_cpu_ms(platform) == 155.0
+    assert own_cpu_ms({}) is None
+    bare = {"cpu_ms_per_unit": {"temporal": 40.0, "bare worker": 30.0, "load generator": 3.0}}
+    assert engine_cpu_ms(bare) == 70.0
+    assert engine_cpu_ms({"cpu_ms_per_unit": {"temporal": 40.0}}) is None

@@ -34,7 +34,7 @@ from bench.measure.gateway import gateway_answer_times, subtract
 from bench.measure.kernel import kernel_tcp_counters, subtract_counters
 from bench.measure.load import summarize, timeline
 from bench.measure.providers import provider_call_peaks
-from bench.measure.resources import cpu_per_unit, own_cpu_ms
+from bench.measure.resources import cpu_per_unit, engine_cpu_ms, own_cpu_ms
 from bench.measure.temporal import temporal_cost
 from bench.stack import BenchStack, StackOptions
 from core.config import Settings, get_settings
@@ -421,9 +421,15 @@ async def _baselines(
         if direct["completed_per_s"]
         else None,
     }
+    own = own_cpu_ms(report["platform"].get("cpu"))
+    engine = engine_cpu_ms(bare.get("cpu") or {})
+    if own and engine:
+        # Issue 12's target: at most 1.4 x the bare engine's CPU per workflow (a ratio >= 0.7).
+        report["ratios"][f"platform-own CPU per ended order / bare-engine CPU per workflow ({own} / {engine} ms)"] = (
+            round(own / engine, 2)
+        )
     dbos = report["baselines"]["dbos"]
     if "skipped" not in dbos:
-        own = own_cpu_ms(report["platform"].get("cpu"))
         dbos_own = own_cpu_ms(dbos.get("cpu"))
         report["ratios"]["platform/dbos (ended orders per s / completed orders per s)"] = (
             round(platform / dbos["completed_per_s"], 2) if dbos["completed_per_s"] else None

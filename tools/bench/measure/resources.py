@@ -71,3 +71,10 @@ def own_cpu_ms(cpu: dict | None) -> float | None:
     if not cpu or cpu.get("cpu_ms_per_unit_total") is None:
         return None
     return round(sum(v for k, v in cpu["cpu_ms_per_unit"].items() if k not in OUTSIDE and v is not None), 1)
+
+
+def engine_cpu_ms(cpu: dict[str, Any]) -> float | None:
+    """CPU ms per bare-engine workflow of the Temporal server and the bare worker (not its driver)."""
+    per_unit = cpu.get("cpu_ms_per_unit") or {}
+    parts = [per_unit.get("temporal"), per_unit.get("bare worker")]
+    return round(sum(parts), 1) if all(part is not None for part in parts) else None
