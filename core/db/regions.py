@@ -187,6 +187,22 @@ async def ensure_publication(dsn: str, region: str) -> bool:
         await conn.close()
 
 
+#: libpq's connect timeout on a subscription's connection (seconds): without it a reconnect
+#: attempted while the peer is cut off waits on TCP's SYN retries (minutes), and the replica keeps
+#: lagging that long after the link heals (measured by the drill, docs/notes/drill.md).
+SUBSCRIPTION_CONNECT_TIMEOUT_S = 5
+
+
+def subscription_conninfo(dsn: str) -> str:
+    """The subscription's CONNECTION string: ``dsn`` (a libpq URI) with a connect timeout, unless it
+    names one. Only the subscription gets it: asyncpg would take the parameter for a server setting."""
+    if "connect_timeout=" in dsn:
+        return dsn
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        return f"{dsn} connect_timeout={SUBSCRIPTION_CONNECT_TIMEOUT_S}"  # key=value form
+    return f"{dsn}{'&' if '?' in dsn else '?'}connect_timeout={SUBSCRIPTION_CONNECT_TIMEOUT_S}"
+
+
 async def link(local_dsn: str, local: str, peers: dict[str, str]) -> list[str]:
     """Make ``local`` subscribe to every peer (name -> DSN as the local server reaches it; the same
     DSN must work from here). Publications are made where missing, on both sides. Idempotent: an
@@ -202,13 +218,13 @@ async def link(local_dsn: str, local: str, peers: dict[str, str]) -> list[str]:
         for peer, peer_dsn in sorted(peers.items()):
             name = subscription_name(peer, local)
             if await conn.fetchval("SELECT 1 FROM pg_subscription WHERE subname = $1", name):
-                await conn.execute(f"ALTER SUBSCRIPTION {name} CONNECTION {_literal(peer_dsn)}")
+                await conn.execute(f"ALTER SUBSCRIPTION {name} CONNECTION {_literal(subscription_conninfo(peer_dsn))}")
                 await conn.execute(f"ALTER SUBSCRIPTION {name} ENABLE")
                 done.append(f"subscription {name} kept (connection refreshed, enabled)")
                 continue
             # origin = none: never pass on rows that reached the peer from elsewhere (PostgreSQL 16+).
             await conn.execute(
-                f"CREATE SUBSCRIPTION {name} CONNECTION {_literal(peer_dsn)} "
+                f"CREATE SUBSCRIPTION {name} CONNECTION {_literal(subscription_conninfo(peer_dsn))} "
                 f"PUBLICATION {publication_name(peer)} WITH (origin = none, copy_data = true)"
             )
             done.append(f"subscription {name} created in {local}")

@@ -233,3 +233,19 @@ def test_a_forwarded_long_poll_gets_its_wait_on_top_of_the_forward_budget(query,
     from api.regions import _long_poll_wait
 
     assert _long_poll_wait(query, 30) == wait
+
+
+def test_a_subscription_connects_with_a_timeout_and_keeps_a_given_one():
+    from core.db.regions import subscription_conninfo
+
+    assert subscription_conninfo("postgresql://u@10.0.0.1:5432/orders") == (
+        "postgresql://u@10.0.0.1:5432/orders?connect_timeout=5"
+    )
+    assert subscription_conninfo("postgresql://u@h/orders?sslmode=require") == (
+        "postgresql://u@h/orders?sslmode=require&connect_timeout=5"
+    )
+    assert (
+        subscription_conninfo("postgresql://u@h/orders?connect_timeout=2")
+        == "postgresql://u@h/orders?connect_timeout=2"
+    )
+    assert subscription_conninfo("host=h dbname=orders") == "host=h dbname=orders connect_timeout=5"
