@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 from collections.abc import Awaitable, Callable
@@ -138,16 +139,25 @@ async def _each_region(settings, change: Callable[..., Awaitable[None]]) -> tupl
     targets = {settings.region: settings.database_url}
     for peer, dsn in settings.region_peer_database_urls.items():
         targets[peer] = "postgresql+asyncpg://" + dsn.partition("://")[2]
-    done, missed = [], []
-    for region, url in sorted(targets.items()):
+    budget = settings.database_timeout_s * 2
+
+    async def apply(region: str, url: str) -> bool:
         engine = create_engine(settings, url=url, pool_size=1)
         try:
-            await asyncio.wait_for(change(RegionDirectory(engine)), settings.database_timeout_s * 2)
-            done.append(region)
+            await asyncio.wait_for(change(RegionDirectory(engine)), budget)
+            return True
         except (OSError, TimeoutError, OperationalError, DBAPIError, asyncpg.PostgresError):
-            missed.append(region)
+            return False
         finally:
-            await engine.dispose()
+            # Closing a connection to a region that is cut off can wait on the network too.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(engine.dispose(), budget)
+
+    # Every region at once: an unreachable one costs its budget once, not once per region before it.
+    regions = sorted(targets)
+    reached = await asyncio.gather(*(apply(region, targets[region]) for region in regions))
+    done = [region for region, ok in zip(regions, reached, strict=True) if ok]
+    missed = [region for region, ok in zip(regions, reached, strict=True) if not ok]
     missed += sorted(set(settings.region_peers) - set(targets))
     return done, missed
 
