@@ -504,14 +504,7 @@ class OrderWorkflow:
         )
         await workflow.execute_activity_method(
             PaymentActivities.capture_payment,
-            PaymentAction(
-                order_id=self._order.order_id,
-                authorization_id=self._authorization_id,
-                amount=shipment.amount,
-                currency=self._order.currency,
-                idempotency_key=provider_key(self._order.order_id, f"capture-{shipment.id}"),
-                final_capture=final,
-            ),
+            self._payment_action(f"capture-{shipment.id}", amount=shipment.amount, final_capture=final),
             task_queue=self._queue("payments"),
             summary=f"capture {shipment.amount} {self._order.currency} for {shipment.id}",
             **policies.SETTLEMENT.options(),
@@ -623,13 +616,7 @@ class OrderWorkflow:
             self._step(f"Shipment {shipment.id} is lost; refunding {self._money(shipment.amount)}")
             await workflow.execute_activity_method(
                 PaymentActivities.refund_payment,
-                PaymentAction(
-                    order_id=self._order.order_id,
-                    authorization_id=self._authorization_id,
-                    amount=shipment.amount,
-                    currency=self._order.currency,
-                    idempotency_key=provider_key(self._order.order_id, f"refund-{shipment.id}"),
-                ),
+                self._payment_action(f"refund-{shipment.id}", amount=shipment.amount),
                 task_queue=self._queue("payments"),
                 summary=f"refund {shipment.amount} {self._order.currency} for {shipment.id}",
                 **policies.SETTLEMENT.options(),
@@ -970,13 +957,16 @@ class OrderWorkflow:
             **policies.PROJECTION.options(),
         )
 
-    def _payment_action(self, action: str) -> PaymentAction:
+    def _payment_action(self, action: str, *, amount: int | None = None, final_capture: bool = True) -> PaymentAction:
+        """Capture, void or refund of the order's authorization; ``action`` names its idempotency
+        key (``capture-S1`` for one shipment's part); ``amount`` defaults to the order's total."""
         return PaymentAction(
             order_id=self._order.order_id,
             authorization_id=self._authorization_id,
-            amount=self._total,
+            amount=self._total if amount is None else amount,
             currency=self._order.currency,
             idempotency_key=provider_key(self._order.order_id, action),
+            final_capture=final_capture,
         )
 
     async def _stock(self, method: Callable[..., Awaitable[Any]], request: Any, *, summary: str) -> Any:
