@@ -73,15 +73,19 @@ class HomeUnreachable(Exception):
     """The home region did not answer in time (or not at all)."""
 
 
-def peer_client(settings: Settings) -> httpx.AsyncClient:
-    """The gateway's client for its peers (one per process, closed with the app)."""
-    timeout = httpx.Timeout(
+def forward_timeout(settings: Settings, wait_s: float = 0.0) -> httpx.Timeout:
+    """The forward budget per phase; a long-poll's answer may take its ``wait_s`` on top."""
+    return httpx.Timeout(
         connect=settings.region_forward_connect_timeout_s,
-        read=settings.region_forward_timeout_s,
+        read=settings.region_forward_timeout_s + wait_s,
         write=settings.region_forward_timeout_s,
         pool=settings.region_forward_connect_timeout_s,
     )
-    return httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
+
+
+def peer_client(settings: Settings) -> httpx.AsyncClient:
+    """The gateway's client for its peers (one per process, closed with the app)."""
+    return httpx.AsyncClient(timeout=forward_timeout(settings), follow_redirects=False, trust_env=False)
 
 
 class RegionRouting:
@@ -175,14 +179,11 @@ class RegionRouting:
         client: httpx.AsyncClient = scope["app"].state.peer_client
         # A long-poll (GET ...?wait=N) is answered by the home after up to N seconds by design:
         # its budget is the forward budget plus that wait, not the forward budget alone.
-        budget = self._settings.region_forward_timeout_s + _long_poll_wait(query, self._settings.api_max_wait_s)
-        timeout = httpx.Timeout(
-            connect=self._settings.region_forward_connect_timeout_s,
-            read=budget,
-            write=self._settings.region_forward_timeout_s,
-            pool=self._settings.region_forward_connect_timeout_s,
+        wait_s = _long_poll_wait(query, self._settings.api_max_wait_s)
+        budget = self._settings.region_forward_timeout_s + wait_s
+        request = client.build_request(
+            scope["method"], url, headers=headers, content=body, timeout=forward_timeout(self._settings, wait_s)
         )
-        request = client.build_request(scope["method"], url, headers=headers, content=body, timeout=timeout)
         try:
             async with asyncio.timeout(budget):
                 response = await client.send(request, stream=True)
