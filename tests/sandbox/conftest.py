@@ -24,6 +24,10 @@ from fastapi import FastAPI
 from core.config import Settings
 from sandbox.app import create_app
 
+# How long tok_slow's first attempt sleeps after recording; long enough that a retry on a loaded
+# machine still lands inside it.
+SLOW_DELAY_S = 1.5
+
 
 @pytest.fixture(scope="session")
 async def sandbox_database_url(database) -> AsyncIterator[str]:
@@ -118,7 +122,7 @@ def settings(sandbox_database_url: str, webhook_receiver: WebhookReceiver) -> Se
         environment="test",
         database_url=sandbox_database_url,
         sandbox_auto_deliver=False,
-        sandbox_slow_delay_s=0.5,
+        sandbox_slow_delay_s=SLOW_DELAY_S,
         sandbox_delivery_delay_s=0.6,
         sandbox_carrier_webhook_url=webhook_receiver.url,
         sandbox_error_rate=0.0,

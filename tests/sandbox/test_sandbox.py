@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from core.config import Settings
 from core.webhooks import verify_webhook
+from tests.sandbox.conftest import SLOW_DELAY_S
 
 pytestmark = pytest.mark.asyncio
 
@@ -57,6 +58,15 @@ async def ledger(client: httpx.AsyncClient, order_id: str) -> dict[str, Any]:
     response = await client.get("/payments/v1/ledger", params={"order_id": order_id})
     assert response.status_code == 200
     return response.json()
+
+
+async def until_authorization_recorded(client: httpx.AsyncClient, order_id: str) -> None:
+    """Wait for the slow first attempt's commit: a retry before it is (rightly) a 409 in-progress."""
+    for _ in range(500):
+        if (await ledger(client, order_id))["authorizations"]:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the first attempt never recorded its authorization")
 
 
 async def authorized(client: httpx.AsyncClient, amount: int = 1500) -> str:
@@ -131,14 +141,16 @@ async def test_slow_first_attempt_is_recorded_and_the_retry_replays_it(client: h
     body, key = authorize_body("tok_slow"), ref("key")
     started = time.monotonic()
     first = asyncio.create_task(post(client, AUTHORIZE, body, key))
-    await asyncio.sleep(0.2)  # the client "times out" while the provider is still sleeping
+    # The client "times out" while the provider sleeps after recording the authorization; waiting
+    # for the record (not a fixed 0.2 s) keeps a loaded machine from turning this into a 409 race.
+    await until_authorization_recorded(client, body["order_id"])
     retry = await post(client, AUTHORIZE, body, key)
     assert retry.status_code == 201
     assert retry.headers["Idempotent-Replayed"] == "true"
     assert not first.done()
     original = await first
     assert original.status_code == 201 and original.json() == retry.json()
-    assert time.monotonic() - started >= 0.5
+    assert time.monotonic() - started >= SLOW_DELAY_S
     assert len((await ledger(client, body["order_id"]))["authorizations"]) == 1
 
 
@@ -146,6 +158,7 @@ async def test_slow_first_attempt_whose_client_gave_up_still_counts(client: http
     body, key = authorize_body("tok_slow"), ref("key")
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(post(client, AUTHORIZE, body, key), timeout=0.2)
+    await until_authorization_recorded(client, body["order_id"])
     retry = await post(client, AUTHORIZE, body, key)
     assert retry.status_code == 201 and retry.headers["Idempotent-Replayed"] == "true"
     assert len((await ledger(client, body["order_id"]))["authorizations"]) == 1
