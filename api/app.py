@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
+from api.backlog import StartBacklog
 from api.errors import install_error_handlers
 from api.middleware import RequestGuards
 from api.observability import install_observability
@@ -65,6 +66,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
             connect_timeout_s=settings.database_timeout_s,
         )
         app.state.order_changes.start()
+        app.state.backlog.connect(app.state.temporal)
         app.state.service = OrderService(settings, app.state.engine, app.state.temporal, app.state.order_changes)
         stop_sweeping = asyncio.Event()
         sweeping = app.state.key_sweeper = None
@@ -92,6 +94,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeping
             await app.state.order_changes.close()
+            await app.state.backlog.close()
             if own_engine:
                 await app.state.engine.dispose()
 
@@ -103,6 +106,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
     )
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
+    app.state.backlog = StartBacklog(settings)  # checking once the lifespan has a Temporal connection
     install_error_handlers(app)
     install_openapi(app)
     for router in (orders.router, catalog.router, warehouses.router, carrier.router, health.router, codec.router):
@@ -117,6 +121,8 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
         max_in_flight=settings.api_max_in_flight,
         request_timeout_s=settings.api_request_timeout_s,
         max_loop_lag_s=settings.api_max_event_loop_lag_s,
+        max_retry_after_s=settings.api_max_retry_after_s,
+        admission=app.state.backlog.refusal,
         on_lag=lambda lag: app.state.metrics.loop_lag.set(lag),
     )
     app.add_middleware(RequestGuards, max_body_bytes=settings.max_body_bytes)

@@ -108,12 +108,13 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
-    from api.server import GatewayServer
+    from api.server import OTHER_OPEN_FILES, GatewayServer, raise_open_files_limit
     from core.logging import configure_logging
 
     settings = _settings()
     _require_database(settings)
     configure_logging(settings, process="api")
+    raise_open_files_limit(settings.api_max_waiters + OTHER_OPEN_FILES)  # a socket per waiting request
     port = args.port or settings.api_port
     app = create_app(settings)
     config = uvicorn.Config(

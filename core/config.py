@@ -114,12 +114,21 @@ class Settings(BaseSettings):
     api_max_in_flight: int = Field(200, ge=1)
     api_request_timeout_s: float = Field(5.0, gt=0)
     api_max_event_loop_lag_s: float = Field(1.0, gt=0)  # shed new requests while the loop is this late
+    # A shed caller's Retry-After grows with the overload (1 + shed // served over the last 5 s) up
+    # to this, so that shed callers coming back do not by themselves exceed what the gateway serves.
+    api_max_retry_after_s: int = Field(30, ge=1)
+    # Admission control (api/backlog.py): submissions get 503 `backlogged` + Retry-After while the
+    # oldest order not yet started by any worker has waited longer than this (0: never refused on
+    # this ground); the workers' backlog is read every api_backlog_check_s.
+    api_max_start_delay_s: float = Field(10.0, ge=0)
+    api_backlog_check_s: float = Field(1.0, gt=0)
     rate_limit_timeout_s: float = 0.5  # a slower or unreachable storage lets the request through
     # Long-polls (GET /v1/orders/{id}?wait=...): the longest wait this process grants (callers may
-    # ask for up to 30 s), how many it holds at once (503 + Retry-After beyond), and how often it
+    # ask for up to 30 s), how many it holds at once (503 + Retry-After beyond; a waiter costs a
+    # socket and a few kilobytes, and the gateway raises its open-files limit to fit), and how often it
     # re-checks the orders they wait on in case a change notification was lost.
     api_max_wait_s: int = Field(30, ge=0, le=30)
-    api_max_waiters: int = Field(1000, ge=0)
+    api_max_waiters: int = Field(10_000, ge=0)
     api_wait_recheck_s: float = Field(2.0, gt=0)
     # Peers whose X-Forwarded-For is believed (IP addresses or CIDR ranges); others count by peer IP.
     trusted_proxies: list[str] = []

@@ -110,6 +110,8 @@ def test_settings(database_url: str, **overrides) -> Settings:
         rate_limit_webhook="100000/minute",
         # The gateways of a test session share one database: tests that sweep start their own.
         idempotency_sweep_interval_s=0,
+        # Tests park orders on queues no worker polls on purpose; admission control has its own tests.
+        api_max_start_delay_s=0,
     )
     values.update(overrides)
     return Settings(**values)

@@ -63,6 +63,9 @@ _SUBMIT = problems(
     503,
     _403="Only customers submit orders",
     _422="Invalid body (see errors), unknown or repeated SKU, mixed currencies, or the Idempotency-Key reused with another body",
+    _503="Overloaded, timed out, `backlogged` (the workers keep new orders waiting longer than "
+    "`ORDERS_API_MAX_START_DELAY_S`: nothing was stored), or a dependency is unavailable; retry with the same "
+    "Idempotency-Key after Retry-After, which grows with the overload",
 )
 
 

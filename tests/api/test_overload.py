@@ -115,6 +115,11 @@ async def test_more_requests_than_the_in_flight_limit_are_shed_at_once_with_retr
             'orders_http_requests_total{method="GET",route="/v1/orders",status="503"} 1.0'
             in (await http.get("/metrics")).text
         )
+        # The longer the overload lasts, the longer shed callers are asked to stay away (1 + shed //
+        # served over the last seconds: 2 served, then 2, 3, 4 shed).
+        later = [await http.get("/v1/orders", headers=bearer()) for _ in range(3)]
+        assert [r.status_code for r in later] == [503] * 3
+        assert [r.headers["retry-after"] for r in later] == ["2", "2", "3"]
         gate.set()
         assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
         assert (await http.get("/v1/orders", headers=bearer())).status_code == 200  # slots freed
