@@ -217,6 +217,13 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
         help="instead of long-polling, read the order every this many seconds until it ends (clients "
         "before the long-poll: 1)",
     )
+    parser.add_argument(
+        "--submit-patience",
+        type=float,
+        default=60.0,
+        help="seconds a client keeps retrying a refused submission (503/429 after Retry-After, or no "
+        "answer) before it gives up on the order, which is then not placed (default 60)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="worker processes of the embedded stack (default 1)")
     parser.add_argument(

@@ -28,12 +28,16 @@ from urllib.parse import urlparse
 
 import httpx
 
+from api.server import OTHER_OPEN_FILES, raise_open_files_limit
 from core.config import Settings
 from core.tokens import mint_token
 
 TERMINAL = {"completed", "cancelled", "rejected", "failed"}
 POOLS = 50  # connection pools, callers hashed onto them
 CONNECTIONS_PER_POOL = 40
+# Long-polls park a connection for their whole wait: one per following caller, so their pools are
+# larger (a spike leaves well over a thousand callers waiting on their orders at once).
+WAIT_CONNECTIONS_PER_POOL = 200
 ADDRESS = {
     "name": "Bench Customer",
     "line1": "Unter den Linden 1",
@@ -197,6 +201,7 @@ class LoadGenerator:
         request_timeout_s: float = 15.0,
         poll_interval_s: float | None = None,
         wait_s: int = 20,
+        submit_patience_s: float = 60.0,
         status_line: Callable[[str], None] | None = None,
         run_id: str | None = None,
     ) -> None:
@@ -210,6 +215,9 @@ class LoadGenerator:
         self._tokens = {c: mint_token(settings, c, "customer", ttl_s=24 * 3600) for c in self.customers}
         self._operator = mint_token(settings, f"bench-operator-{self.run_id}", "operator", ttl_s=24 * 3600)
         self.request_timeout_s = request_timeout_s
+        # A caller whose order is refused (503/429 with Retry-After, or no answer) retries it with the
+        # same key for this long, then gives up on placing it, as a shopper at a checkout would.
+        self.submit_patience_s = submit_patience_s
         # Long-poll for up to wait_s per read, unless a poll interval asks for the old polling.
         self.poll_interval_s = 1.0 if poll_interval_s is None and not wait_s else poll_interval_s
         self.wait_s = wait_s if self.poll_interval_s is None else 0
@@ -254,9 +262,19 @@ class LoadGenerator:
             ]
             # httpx's own timeouts are per phase; a long-poll's read may take its whole wait.
             wait_timeout = httpx.Timeout(self.request_timeout_s, read=self.wait_s + self.request_timeout_s)
+            wait_limits = httpx.Limits(
+                max_connections=WAIT_CONNECTIONS_PER_POOL,
+                max_keepalive_connections=WAIT_CONNECTIONS_PER_POOL,
+                keepalive_expiry=2.0,
+            )
+            if self.wait_s:
+                raise_open_files_limit(
+                    POOLS * (CONNECTIONS_PER_POOL + WAIT_CONNECTIONS_PER_POOL) + OTHER_OPEN_FILES,
+                    what="the bench's connection pools",
+                )
             self._wait_pools = [
                 await pools.enter_async_context(
-                    httpx.AsyncClient(base_url=self.base_url, timeout=wait_timeout, limits=limits)
+                    httpx.AsyncClient(base_url=self.base_url, timeout=wait_timeout, limits=wait_limits)
                 )
                 for _ in range(POOLS if self.wait_s else 0)
             ]
@@ -335,7 +353,9 @@ class LoadGenerator:
             "payment_token": "tok_decline" if kind == "decline" else "tok_ok",
         }
         headers = {**self._auth(customer), "Idempotency-Key": outcome.key}
-        response = await self._call_retrying(ROUTE_SUBMIT, "POST", "/v1/orders", json=body, headers=headers)
+        response = await self._call_retrying(
+            ROUTE_SUBMIT, "POST", "/v1/orders", patience_s=self.submit_patience_s, json=body, headers=headers
+        )
         if response is None or response.status_code not in (200, 202):
             return
         view = response.json()
@@ -453,14 +473,21 @@ class LoadGenerator:
         )
         return response
 
-    async def _call_retrying(self, route: str, method: str, path: str, **kwargs) -> httpx.Response | None:
-        """Retry 429/503 (after Retry-After) and dropped connections with the same request, until the run gives up."""
+    async def _call_retrying(
+        self, route: str, method: str, path: str, *, patience_s: float | None = None, **kwargs
+    ) -> httpx.Response | None:
+        """Retry 429/503 (after Retry-After) and dropped connections with the same request, until the
+        run gives up, or the caller does (``patience_s`` after its first attempt)."""
+        first = self._now_mono()
         while True:
             response = await self._call(route, method, path, **kwargs)
             if response is not None and response.status_code not in (429, 503):
                 return response
+            delay = self._retry_delay(response)
             if self._now_mono() + 0.5 > self._give_up_at:
                 return response
+            if patience_s is not None and self._now_mono() + delay > first + patience_s:
+                return response  # the caller gives up: this order was not placed
             if (
                 route == ROUTE_SUBMIT
                 and self._stop_submitting.is_set()
@@ -468,15 +495,15 @@ class LoadGenerator:
                 and response.status_code == 429
             ):
                 return response  # over the limit after the load phase: this order simply was not placed
-            await asyncio.sleep(self._retry_delay(response))
+            await asyncio.sleep(delay)
 
     def _retry_delay(self, response: httpx.Response | None) -> float:
-        """Never sooner than Retry-After (it is a minimum), plus jitter so shed callers do not
-        come back in one herd; 0.5 s after a dropped connection."""
+        """Never sooner than Retry-After (it is a minimum; values past a minute are taken as one),
+        plus jitter so shed callers do not come back in one herd; 0.5 s after a dropped connection."""
         if response is None:
             return 0.5 * self.rng.uniform(1.0, 1.5)
         try:
-            wait = min(float(response.headers.get("Retry-After", "1")), 10.0)
+            wait = min(float(response.headers.get("Retry-After", "1")), 60.0)
         except ValueError:
             wait = 1.0
         return wait * self.rng.uniform(1.0, 1.5)

@@ -198,6 +198,7 @@ async def run_load(
         seed=args.seed,
         poll_interval_s=args.poll_interval,
         wait_s=args.wait,
+        submit_patience_s=args.submit_patience,
         status_line=status_printer(),
         run_id=run_id,
     )

@@ -70,6 +70,7 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         "http_5xx_not_503_with_retry_after": len(bad_5xx),
         "no_answer": statuses.get("no answer", 0),
         "no_answer_by_error": dict(Counter(s.error or "?" for s in result.samples if not s.status)),
+        "no_answer_by_route": dict(Counter(s.route for s in result.samples if not s.status)),
         # What the clients asked of the gateway per accepted order: every request, and the reads
         # among them (status reads and lists).
         "clients": result.clients,
