@@ -23,7 +23,11 @@ from devstack.processes import free_port
 from tests.api.conftest import assert_problem
 from tests.support import ADDRESS
 
-T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+def now() -> datetime:
+    """Rows are written at the current time: a fixed date would count as a stuck order on the shared
+    test database's /metrics once it is ORDERS_STUCK_ORDER_AFTER_S old (tests/integration/test_observability)."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _received(customer: str) -> OrderView:
@@ -34,7 +38,7 @@ def _received(customer: str) -> OrderView:
         total=1299,
         currency="EUR",
         shipping_address=ADDRESS,
-        at=T0,
+        at=now(),
     )
 
 

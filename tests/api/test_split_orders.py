@@ -29,7 +29,13 @@ from tests.api.conftest import assert_problem
 from tests.harness import random_ref
 from tests.support import ADDRESS
 
-T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+def now() -> datetime:
+    """Rows are written at the current time: a fixed date would count as a stuck order on the shared
+    test database's /metrics once it is ORDERS_STUCK_ORDER_AFTER_S old (tests/integration/test_observability)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 MUG, LAMP = (
     OrderLine(sku="MUG-WHT", quantity=2, unit_price=1299),
     OrderLine(sku="LAMP-BRS", quantity=1, unit_price=4900),
@@ -37,6 +43,7 @@ MUG, LAMP = (
 
 
 def _view(customer: str, status: OrderStatus, **fields) -> OrderView:
+    t0 = now()
     view = OrderView.received(
         order_id=uuid.uuid4(),
         customer_id=customer,
@@ -44,10 +51,10 @@ def _view(customer: str, status: OrderStatus, **fields) -> OrderView:
         total=7498,
         currency="EUR",
         shipping_address=ADDRESS,
-        at=T0,
+        at=t0,
     )
     if status != OrderStatus.RECEIVED:
-        view.status, view.updated_at = status, T0 + timedelta(minutes=1)
+        view.status, view.updated_at = status, t0 + timedelta(seconds=1)
         view.history.append(StatusChange(status=status, at=view.updated_at))
     for name, value in fields.items():
         setattr(view, name, value)
@@ -175,7 +182,7 @@ async def test_a_cancel_of_shipments_of_an_ended_order_is_409(gateway_client, be
 
 
 def _split_view(customer: str, first: str, second: str) -> OrderView:
-    delivered = T0 + timedelta(days=1)
+    delivered = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)  # a field of the view, not when it was written
     return _view(
         customer,
         OrderStatus.COMPLETED,
@@ -207,7 +214,7 @@ async def test_the_public_view_publishes_shipments_refunds_and_what_is_unavailab
     customer = random_ref("pub").lower()
     first, second = random_ref("TRK"), random_ref("TRK")
     split = await _stored(engine, _split_view(customer, first, second))
-    deadline = T0 + timedelta(days=1)
+    deadline = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
     waiting = await _stored(
         engine,
         _view(

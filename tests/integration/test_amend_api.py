@@ -46,7 +46,13 @@ from tests.integration.conftest import auth
 from tests.integration.test_order_api import _status_is, order_body, submit
 from tests.support import ADDRESS, new_sku
 
-T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+def now() -> datetime:
+    """Rows are written at the current time: a fixed date would count as a stuck order on the shared
+    test database's /metrics once it is ORDERS_STUCK_ORDER_AFTER_S old (tests/integration/test_observability)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 MUG, LAMP = (
     OrderLine(sku="MUG-WHT", quantity=2, unit_price=1299),
     OrderLine(sku="LAMP-BRS", quantity=3, unit_price=4900),
@@ -154,6 +160,7 @@ async def stand_in(temporal_client, engine):
 
 
 def waiting_view(customer: str) -> OrderView:
+    t0 = now()
     view = OrderView.received(
         order_id=uuid.uuid4(),
         customer_id=customer,
@@ -161,12 +168,12 @@ def waiting_view(customer: str) -> OrderView:
         total=2 * 1299 + 3 * 4900,
         currency="EUR",
         shipping_address=ADDRESS,
-        at=T0,
+        at=t0,
     )
     view.status = OrderStatus.AWAITING_CUSTOMER
-    view.history.append(StatusChange(status=OrderStatus.AWAITING_CUSTOMER, at=T0))
+    view.history.append(StatusChange(status=OrderStatus.AWAITING_CUSTOMER, at=t0))
     view.unavailable = [UnavailableLine(sku="LAMP-BRS", quantity=2)]
-    view.customer_deadline = T0 + timedelta(days=1)
+    view.customer_deadline = t0 + timedelta(days=1)
     return view
 
 
