@@ -43,7 +43,7 @@ def test_the_saturated_resource_is_named_from_the_cores_each_process_kept_busy()
     one_core = _point(32, 9.0, 600, {"api": 0.97, "temporal": 0.3}, 0.65, 0.7)
     assert saturated_resource(one_core).startswith("api is at one core")
     others = _point(32, 9.0, 600, {"api": 0.3, "temporal": 0.3}, 0.3, 0.95)
-    assert "other processes on this shared machine" in saturated_resource(others)
+    assert "CPU not charged to those processes" in saturated_resource(others)
 
 
 def test_levels_are_parsed_sorted_and_bounded():

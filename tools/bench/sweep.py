@@ -268,8 +268,9 @@ def saturated_resource(point: dict[str, Any]) -> str:
     if everyone >= MACHINE_FULL:
         return (
             f"the machine's CPU is saturated ({everyone:.0%} busy, of which the stack and generator "
-            f"{point['machine_busy']:.0%}; cores per process: {busiest}): other processes on this shared machine "
-            "took the rest, so the stack's throughput here is bounded by the CPU it got"
+            f"{point['machine_busy']:.0%}; cores per process: {busiest}): the rest is CPU not charged to "
+            "those processes (the kernel's loopback networking and scheduling on their behalf, or other "
+            "processes on the machine), so the stack's throughput here is bounded by the CPU it got"
         )
     if single:
         return (
