@@ -106,7 +106,10 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None, client:
     )
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
-    app.state.backlog = StartBacklog(settings)  # checking once the lifespan has a Temporal connection
+    # Checking once the lifespan has a Temporal connection; its age is a gauge on /metrics.
+    app.state.backlog = StartBacklog(
+        settings, on_age=lambda age: app.state.metrics.start_backlog.set(-1 if age is None else age)
+    )
     install_error_handlers(app)
     install_openapi(app)
     for router in (orders.router, catalog.router, warehouses.router, carrier.router, health.router, codec.router):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -54,9 +55,17 @@ class Refusal:
 class StartBacklog:
     """The age of the orders' workflow-task backlog, re-read in the background (see the module)."""
 
-    def __init__(self, settings: Settings, temporal: TemporalConnection | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        temporal: TemporalConnection | None = None,
+        *,
+        on_age: Callable[[float | None], None] | None = None,
+    ) -> None:
+        """``on_age``: told every age read (None: unknown), e.g. a metrics gauge."""
         self._settings = settings
         self._temporal = temporal
+        self._on_age = on_age
         self.age_s: float | None = None  # None: not known (not checked yet, or Temporal unreachable)
         self.count = 0  # workflow tasks waiting (approximate)
         self.dispatch_rate = 0.0  # workflow tasks handed to workers per second lately
@@ -112,23 +121,29 @@ class StartBacklog:
         except (DependencyUnavailable, RPCError, RuntimeError, TimeoutError) as error:
             if self.age_s is not None:
                 log.warning("cannot read the workers' backlog; not refusing orders on it", error=str(error))
-            self.age_s = None
+            self._report(None)
             return None
         backlog = response.stats
         self.count = backlog.approximate_backlog_count
         self.dispatch_rate = backlog.tasks_dispatch_rate
-        self.age_s = backlog.approximate_backlog_age.ToTimedelta().total_seconds() if self.count else 0.0
+        age_s = backlog.approximate_backlog_age.ToTimedelta().total_seconds() if self.count else 0.0
+        self._report(age_s)
         refusing = self.refusal() is not None
         if refusing != self._refusing:
             self._refusing = refusing
             log.warning(
                 "refusing new orders: the workers are behind" if refusing else "accepting new orders again",
-                backlog_age_s=round(self.age_s, 1),
+                backlog_age_s=round(age_s, 1),
                 backlog_count=self.count,
                 dispatch_per_s=round(self.dispatch_rate, 1),
                 max_start_delay_s=settings.api_max_start_delay_s,
             )
-        return self.age_s
+        return age_s
+
+    def _report(self, age_s: float | None) -> None:
+        self.age_s = age_s
+        if self._on_age is not None:
+            self._on_age(age_s)
 
     async def _run(self) -> None:
         while True:

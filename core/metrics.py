@@ -101,6 +101,14 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.start_backlog = Gauge(
+            "orders_gateway_start_backlog_seconds",
+            "How long the oldest order no worker has started yet has waited, from Temporal's task-queue "
+            "statistics (new orders are refused beyond ORDERS_API_MAX_START_DELAY_S); -1 while unknown",
+            registry=self.registry,
+        )
+        self.start_backlog.set(-1)
+
         self.open_orders = Gauge(
             "orders_open",
             "Orders not yet in a terminal status, from the read model",

@@ -73,6 +73,12 @@ async def test_new_orders_are_refused_while_the_workers_are_behind_and_accepted_
                     == 1
                 )
 
+            gauge = next(
+                line
+                for line in (await http.get("/metrics")).text.splitlines()
+                if line.startswith("orders_gateway_start_backlog_seconds ")
+            )
+            assert float(gauge.split()[1]) > 1.0  # what operators alert on
             retry = await submit("first")  # refused at the door too; its order is not touched
             assert retry.status_code == 503 and retry.json()["type"].endswith("/backlogged")
 
