@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.db.engine import single_statement
 from core.db.tables import DEFAULT_WAREHOUSE, products, warehouse_stock, warehouses
 
 
@@ -76,8 +77,7 @@ class Catalog:
             .join(totals, totals.c.sku == products.c.sku)
             .order_by(products.c.sku)
         )
-        async with self._engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")  # one statement: no BEGIN/ROLLBACK
+        async with single_statement(self._engine) as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [
             Product(r["sku"], r["name"], r["unit_price"], r["currency"], int(r["on_hand"]), int(r["reserved"]))
@@ -86,8 +86,7 @@ class Catalog:
 
     async def prices(self, skus: builtins.list[str]) -> dict[str, tuple[int, str]]:
         """Unit price and currency of each known SKU among ``skus``."""
-        async with self._engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")  # one statement: no BEGIN/ROLLBACK
+        async with single_statement(self._engine) as conn:
             rows = (
                 await conn.execute(
                     select(products.c.sku, products.c.unit_price, products.c.currency).where(products.c.sku.in_(skus))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from sqlalchemy import event, exc
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from core.config import Settings
 
@@ -43,6 +45,15 @@ def create_engine(settings: Settings, *, url: str | None = None, pool_size: int 
     event.listen(engine.sync_engine, "checkin", _note_checkin)
     event.listen(engine.sync_engine, "checkout", _discard_dead_connections)
     return engine
+
+
+@asynccontextmanager
+async def single_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for one statement that is its own transaction: no BEGIN and no COMMIT/ROLLBACK
+    round trips around it (asyncpg's isolation level is set and reset on the client, without a
+    round trip). A lone SELECT sees one snapshot either way; a lone write commits or fails whole."""
+    async with engine.connect() as conn:
+        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _note_checkin(dbapi_connection, record) -> None:

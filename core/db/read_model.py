@@ -18,8 +18,6 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -42,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from core.db.engine import single_statement
 from core.db.order_changes import NOTIFY_EXPRESSION, notify_clause, order_version
 from core.db.tables import order_events, order_shipments, orders
 from core.domain import CarrierEvent, OrderStatus, OrderView
@@ -214,14 +213,6 @@ class OrderReadModel:
         here, never acted on (carrier events go to the region that shipped)."""
         return orders.c.region.in_([self._region, ""])
 
-    @asynccontextmanager
-    async def _single_statement(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for one statement that is its own transaction: no BEGIN and no
-        COMMIT/ROLLBACK round trips around it (asyncpg's isolation level is set and reset on the
-        client, without a round trip)."""
-        async with self._engine.connect() as conn:
-            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
-
     # --- writes -------------------------------------------------------------------------------
 
     @staticmethod
@@ -242,7 +233,7 @@ class OrderReadModel:
         """Write transition number ``seq`` of an order. Idempotent and monotonic: the row only moves
         forward to a higher ``seq`` (a retried or late write never rolls it back), and history
         entries already written are kept."""
-        async with self._single_statement() as conn:
+        async with single_statement(self._engine) as conn:
             # One statement in its own transaction (see _PROJECT): it commits or fails as a whole.
             await self.project_in(conn, seq, view)
 
@@ -256,7 +247,7 @@ class OrderReadModel:
         or None for an unknown number."""
         key = f"{event.event.value}@{tracking_number}"
         first = func.jsonb_build_object(key, literal(event.occurred_at.isoformat()))
-        async with self._single_statement() as conn:
+        async with single_statement(self._engine) as conn:
             return (
                 await conn.execute(
                     update(orders)
@@ -274,7 +265,7 @@ class OrderReadModel:
 
     async def get_versioned(self, order_id: uuid.UUID) -> VersionedView | None:
         """The order and the version of this read (see :func:`core.db.order_changes.order_version`)."""
-        async with self._single_statement() as conn:
+        async with single_statement(self._engine) as conn:
             row = (
                 await conn.execute(select(_VIEW_TEXT, orders.c.tracking, orders.c.seq).where(orders.c.id == order_id))
             ).first()
@@ -283,7 +274,7 @@ class OrderReadModel:
         return VersionedView(with_tracking(row.view, row.tracking), order_version(row.seq, row.tracking))
 
     async def find_by_tracking_number(self, tracking_number: str) -> OrderView | None:
-        async with self._single_statement() as conn:
+        async with single_statement(self._engine) as conn:
             view = (
                 await conn.execute(select(orders.c.view).where(_has_tracking_number(tracking_number), self._own_rows()))
             ).scalar_one_or_none()
@@ -309,7 +300,7 @@ class OrderReadModel:
                 or_(orders.c.created_at < created_at, and_(orders.c.created_at == created_at, orders.c.id < order_id))
             )
         query = query.order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit + 1)
-        async with self._single_statement() as conn:
+        async with single_statement(self._engine) as conn:
             rows = (await conn.execute(query)).all()
         items = [with_tracking(row.view, row.tracking) for row in rows[:limit]]
         next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
