@@ -55,16 +55,11 @@ class Refusal:
 class StartBacklog:
     """The age of the orders' workflow-task backlog, re-read in the background (see the module)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        temporal: TemporalConnection | None = None,
-        *,
-        on_age: Callable[[float | None], None] | None = None,
-    ) -> None:
-        """``on_age``: told every age read (None: unknown), e.g. a metrics gauge."""
+    def __init__(self, settings: Settings, *, on_age: Callable[[float | None], None] | None = None) -> None:
+        """``on_age``: told every age read (None: unknown), e.g. a metrics gauge. Nothing is read
+        before :meth:`connect`."""
         self._settings = settings
-        self._temporal = temporal
+        self._temporal: TemporalConnection | None = None
         self._on_age = on_age
         self.age_s: float | None = None  # None: not known (not checked yet, or Temporal unreachable)
         self.count = 0  # workflow tasks waiting (approximate)
