@@ -16,6 +16,14 @@ from core.db.tables import stock_reservations, warehouse_stock, warehouses
 from core.domain import Address, OrderInput, OrderLine
 from tests.harness import random_ref
 
+
+def now() -> datetime:
+    """The time to date read-model rows a test writes: a fixed date would count as a stuck order on
+    the shared test database's /metrics once it is ORDERS_STUCK_ORDER_AFTER_S old
+    (tests/integration/test_observability)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 ADDRESS = Address(name="Ada Lovelace", line1="Unter den Linden 1", city="Berlin", postal_code="10117", country="DE")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import uvicorn
@@ -21,13 +21,7 @@ from core.db.tables import orders
 from core.domain import OrderLine, OrderStatus, OrderView, StatusChange
 from devstack.processes import free_port
 from tests.api.conftest import assert_problem
-from tests.support import ADDRESS
-
-
-def now() -> datetime:
-    """Rows are written at the current time: a fixed date would count as a stuck order on the shared
-    test database's /metrics once it is ORDERS_STUCK_ORDER_AFTER_S old (tests/integration/test_observability)."""
-    return datetime.now(UTC).replace(microsecond=0)
+from tests.support import ADDRESS, now
 
 
 def _received(customer: str) -> OrderView:

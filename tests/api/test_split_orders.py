@@ -27,14 +27,7 @@ from core.domain import (
 from core.webhooks import sign_webhook
 from tests.api.conftest import assert_problem
 from tests.harness import random_ref
-from tests.support import ADDRESS
-
-
-def now() -> datetime:
-    """Rows are written at the current time: a fixed date would count as a stuck order on the shared
-    test database's /metrics once it is ORDERS_STUCK_ORDER_AFTER_S old (tests/integration/test_observability)."""
-    return datetime.now(UTC).replace(microsecond=0)
-
+from tests.support import ADDRESS, now
 
 MUG, LAMP = (
     OrderLine(sku="MUG-WHT", quantity=2, unit_price=1299),

@@ -11,7 +11,7 @@ test_split_orders_api.py.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import delete
@@ -44,14 +44,7 @@ from core.domain import (
 from tests.harness import random_ref, wait_for
 from tests.integration.conftest import auth
 from tests.integration.test_order_api import _status_is, order_body, submit
-from tests.support import ADDRESS, new_sku
-
-
-def now() -> datetime:
-    """Rows are written at the current time: a fixed date would count as a stuck order on the shared
-    test database's /metrics once it is ORDERS_STUCK_ORDER_AFTER_S old (tests/integration/test_observability)."""
-    return datetime.now(UTC).replace(microsecond=0)
-
+from tests.support import ADDRESS, new_sku, now
 
 MUG, LAMP = (
     OrderLine(sku="MUG-WHT", quantity=2, unit_price=1299),
