@@ -108,8 +108,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
-    from api.server import OTHER_OPEN_FILES, GatewayServer, raise_open_files_limit
+    from api.server import GatewayServer
     from core.logging import configure_logging
+    from core.open_files import OTHER_OPEN_FILES, raise_open_files_limit
 
     settings = _settings()
     _require_database(settings)

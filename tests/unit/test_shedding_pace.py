@@ -1,5 +1,5 @@
 """How long shed callers are told to stay away (api/overload.py RetryAfterPacer), and the gateway's
-open-files limit for its long-poll sockets (api/server.py)."""
+open-files limit for its long-poll sockets (core/open_files.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import resource
 import pytest
 
 from api.overload import RetryAfterPacer
-from api.server import raise_open_files_limit
+from core.open_files import raise_open_files_limit
 
 
 class Clock:

@@ -28,8 +28,8 @@ from urllib.parse import urlparse
 
 import httpx
 
-from api.server import OTHER_OPEN_FILES, raise_open_files_limit
 from core.config import Settings
+from core.open_files import OTHER_OPEN_FILES, raise_open_files_limit
 from core.tokens import mint_token
 
 TERMINAL = {"completed", "cancelled", "rejected", "failed"}
